@@ -1,0 +1,110 @@
+//! Where things live in guest-physical memory and port space. One table, so the
+//! firmware tables, the device buses and the boot code cannot disagree.
+
+/// Real-mode / boot structures in the first MiB.
+pub const GDT_ADDR: u64 = 0x500;
+pub const IDT_ADDR: u64 = 0x520;
+/// PVH `hvm_start_info`, followed by its memory map.
+pub const PVH_INFO_ADDR: u64 = 0x6000;
+pub const PVH_MEMMAP_ADDR: u64 = 0x6040;
+pub const PVH_MEMMAP_MAX_ENTRIES: usize = 64;
+/// Linux `boot_params` (the "zero page") for the 64-bit boot protocol.
+pub const ZERO_PAGE_ADDR: u64 = 0x7000;
+/// Initial stack for the boot CPU, growing down.
+pub const BOOT_STACK_ADDR: u64 = 0x8ff0;
+/// Identity-map page tables for 64-bit entry: PML4, PDPT and PD cover the first 4 GiB.
+pub const PML4_ADDR: u64 = 0x9000;
+pub const PDPTE_ADDR: u64 = 0xa000;
+pub const PDE_ADDR: u64 = 0xb000;
+/// Kernel command line.
+pub const CMDLINE_ADDR: u64 = 0x20000;
+pub const CMDLINE_MAX_SIZE: usize = 0x10000;
+/// End of conventional memory: the EBDA (MP table) and the BIOS area above it are reserved.
+pub const EBDA_START: u64 = 0x9fc00;
+/// MP floating pointer and table, in the EBDA where the kernel scans for it.
+pub const MPTABLE_START: u64 = EBDA_START;
+/// ACPI: RSDP in the BIOS read-only area (0xe0000-0xfffff, scanned by the kernel),
+/// the other tables right after it.
+pub const RSDP_ADDR: u64 = 0xe0000;
+pub const ACPI_TABLES_START: u64 = 0xe0100;
+pub const ACPI_TABLES_END: u64 = 0x100000;
+/// High memory starts at 1 MiB; the kernel is loaded there.
+pub const HIMEM_START: u64 = 0x10_0000;
+
+/// The 32-bit hole for MMIO below 4 GiB: RAM stops at `MMIO32_START` and continues at 4 GiB.
+pub const MMIO32_START: u64 = 0xc000_0000;
+pub const MMIO32_END: u64 = 0x1_0000_0000;
+/// Firmware-fixed MMIO at the top of the hole.
+pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
+pub const APIC_ADDR: u64 = 0xfee0_0000;
+pub const HIGH_RAM_START: u64 = MMIO32_END;
+
+/// Legacy port I/O devices and their ISA interrupts.
+pub const COM1_PORT: u16 = 0x3f8;
+pub const COM1_IRQ: u32 = 4;
+pub const COM2_PORT: u16 = 0x2f8;
+pub const COM2_IRQ: u32 = 3;
+pub const I8042_PORT: u16 = 0x60;
+pub const I8042_IRQ: u32 = 1;
+pub const RTC_PORT: u16 = 0x70;
+pub const RTC_IRQ: u32 = 8;
+/// ACPI hardware-reduced sleep and reset registers (FADT SLEEP_CONTROL_REG,
+/// SLEEP_STATUS_REG, RESET_REG), one byte each.
+pub const ACPI_SLEEP_CONTROL_PORT: u16 = 0x600;
+pub const ACPI_SLEEP_STATUS_PORT: u16 = 0x601;
+pub const ACPI_RESET_PORT: u16 = 0x602;
+/// Value the guest writes to `ACPI_RESET_PORT` to reset (FADT RESET_VALUE).
+pub const ACPI_RESET_VALUE: u8 = 0x1;
+/// Window of the ACPI power-management device on the port bus.
+pub const ACPI_PM_PORT_BASE: u16 = 0x600;
+pub const ACPI_PM_PORT_LEN: u64 = 4;
+/// Sleep type the DSDT's `\_S5` package gives, and the SLP_EN bit (ACPI 6.4, 4.8.3.7).
+pub const ACPI_S5_SLP_TYP: u8 = 5;
+pub const ACPI_SLP_EN: u8 = 1 << 5;
+/// SCI line for ACPI events.
+pub const ACPI_SCI_IRQ: u32 = 9;
+
+/// The guest RAM regions for `mem_size` bytes, skipping the 32-bit MMIO hole.
+pub fn ram_regions(mem_size: u64) -> Vec<(u64, u64)> {
+    if mem_size <= MMIO32_START {
+        vec![(0, mem_size)]
+    } else {
+        vec![(0, MMIO32_START), (HIGH_RAM_START, mem_size - MMIO32_START)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ram_skips_the_mmio_hole() {
+        assert_eq!(ram_regions(256 << 20), vec![(0, 256 << 20)]);
+        assert_eq!(ram_regions(MMIO32_START), vec![(0, MMIO32_START)]);
+        let r = ram_regions(4 << 30);
+        assert_eq!(r, vec![(0, MMIO32_START), (1 << 32, (4 << 30) - MMIO32_START)]);
+        assert_eq!(r.iter().map(|x| x.1).sum::<u64>(), 4 << 30);
+    }
+
+    #[test]
+    fn boot_structures_do_not_overlap() {
+        let mut spans = [
+            (GDT_ADDR, 0x20),
+            (IDT_ADDR, 0x8),
+            (PVH_INFO_ADDR, 0x40),
+            (PVH_MEMMAP_ADDR, (PVH_MEMMAP_MAX_ENTRIES * 24) as u64),
+            (ZERO_PAGE_ADDR, 0x1000),
+            (PML4_ADDR, 0x1000),
+            (PDPTE_ADDR, 0x1000),
+            (PDE_ADDR, 0x4000),
+            (CMDLINE_ADDR, CMDLINE_MAX_SIZE as u64),
+            (MPTABLE_START, RSDP_ADDR - MPTABLE_START),
+            (RSDP_ADDR, ACPI_TABLES_END - RSDP_ADDR),
+        ];
+        spans.sort();
+        for w in spans.windows(2) {
+            assert!(w[0].0 + w[0].1 <= w[1].0, "{:x?} overlaps {:x?}", w[0], w[1]);
+        }
+        assert!(spans.last().unwrap().0 + spans.last().unwrap().1 <= HIMEM_START);
+    }
+}
