@@ -49,7 +49,10 @@ impl Bus {
         }
         let cur = self.map.load();
         let end = base.saturating_add(len);
-        let overlaps = cur.range(..end).next_back().is_some_and(|(b, e)| b + e.len > base);
+        let overlaps = cur
+            .range(..end)
+            .next_back()
+            .is_some_and(|(b, e)| b + e.len > base);
         if overlaps {
             return Err(BusError::Overlap { base, len });
         }
@@ -135,11 +138,17 @@ mod tests {
         bus.insert(a.clone(), 0x3f8, 8).unwrap();
         assert_eq!(
             bus.insert(a.clone(), 0x3fc, 2),
-            Err(BusError::Overlap { base: 0x3fc, len: 2 })
+            Err(BusError::Overlap {
+                base: 0x3fc,
+                len: 2
+            })
         );
         assert_eq!(
             bus.insert(a.clone(), 0x3f0, 9),
-            Err(BusError::Overlap { base: 0x3f0, len: 9 })
+            Err(BusError::Overlap {
+                base: 0x3f0,
+                len: 9
+            })
         );
         bus.insert(a.clone(), 0x3f0, 8).unwrap();
         assert!(bus.write(0x3fa, &[7]));

@@ -82,7 +82,10 @@ mod tests {
         assert_eq!(ram_regions(256 << 20), vec![(0, 256 << 20)]);
         assert_eq!(ram_regions(MMIO32_START), vec![(0, MMIO32_START)]);
         let r = ram_regions(4 << 30);
-        assert_eq!(r, vec![(0, MMIO32_START), (1 << 32, (4 << 30) - MMIO32_START)]);
+        assert_eq!(
+            r,
+            vec![(0, MMIO32_START), (1 << 32, (4 << 30) - MMIO32_START)]
+        );
         assert_eq!(r.iter().map(|x| x.1).sum::<u64>(), 4 << 30);
     }
 
@@ -103,7 +106,12 @@ mod tests {
         ];
         spans.sort();
         for w in spans.windows(2) {
-            assert!(w[0].0 + w[0].1 <= w[1].0, "{:x?} overlaps {:x?}", w[0], w[1]);
+            assert!(
+                w[0].0 + w[0].1 <= w[1].0,
+                "{:x?} overlaps {:x?}",
+                w[0],
+                w[1]
+            );
         }
         assert!(spans.last().unwrap().0 + spans.last().unwrap().1 <= HIMEM_START);
     }
