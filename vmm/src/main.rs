@@ -1,1 +1,403 @@
-fn main() {}
+//! `kestrel`: boots a Linux guest on KVM from a QEMU-compatible command line.
+
+mod chardev;
+mod cmdline;
+mod machine;
+mod vcpu;
+mod vm;
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::mpsc::{channel, Sender};
+use std::sync::Arc;
+
+use chardev::{Backend, Chardev};
+use cmdline::{Action, ChardevBackend, Config};
+use machine::{Ending, Machine, Policy};
+use vm::VmConfig;
+
+/// Everything the control loop hears about, from vCPU threads and host threads alike.
+#[derive(Debug)]
+pub enum ControlEvent {
+    /// Something the guest did, tagged with the boot it came from.
+    Vm {
+        generation: u64,
+        event: vcpu::VmEvent,
+    },
+    /// Start a machine created with -S (SIGUSR1 until the QMP monitor lands).
+    Continue,
+    /// Ctrl-A x on the console.
+    Quit,
+    /// SIGTERM, SIGINT or SIGHUP.
+    Signal(i32),
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let code = match run(args) {
+        Ok(code) => code,
+        Err(msg) => {
+            eprintln!("kestrel: {msg}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(args: Vec<String>) -> Result<i32, String> {
+    let cfg = match cmdline::parse(args).map_err(|e| e.to_string())? {
+        Action::Help => {
+            print!("{}", cmdline::help_text());
+            return Ok(0);
+        }
+        Action::Version => {
+            println!("{}", cmdline::version_text());
+            return Ok(0);
+        }
+        Action::Run(cfg) => cfg,
+    };
+    let vm_cfg = vm_config(&cfg)?;
+    if cfg.daemonize {
+        if cfg.nographic {
+            return Err("-nographic cannot be used with -daemonize".into());
+        }
+        if cfg
+            .serials
+            .iter()
+            .any(|b| matches!(b, ChardevBackend::Stdio))
+        {
+            return Err("-serial stdio cannot be used with -daemonize".into());
+        }
+    }
+    // Everything that can fail on bad input is checked before we fork or touch the terminal.
+    check_file(&vm_cfg.kernel, "kernel")?;
+    if let Some(i) = &vm_cfg.initrd {
+        check_file(i, "initrd")?;
+    }
+
+    let daemon = if cfg.daemonize {
+        Some(daemonize()?)
+    } else {
+        None
+    };
+    let _pidfile = match &cfg.pidfile {
+        Some(p) => Some(PidFile::create(p)?),
+        None => None,
+    };
+
+    // Signals the control loop handles are blocked in every thread and taken by one.
+    let (tx, rx) = channel();
+    let signals = block_control_signals();
+    spawn_signal_thread(signals, tx.clone())?;
+    vcpu::install_kick_handler()?;
+
+    let quit_tx = std::sync::Mutex::new(tx.clone());
+    let quit: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+        let _ = quit_tx.lock().map(|t| t.send(ControlEvent::Quit));
+    });
+    let mut raw_term = None;
+    let mut serials = Vec::new();
+    for b in &cfg.serials {
+        let backend = match backend(b) {
+            Some(b) => b,
+            None => continue,
+        };
+        if backend == Backend::Stdio && raw_term.is_none() {
+            raw_term = RawTerminal::enter();
+        }
+        let esc = (backend == Backend::Stdio).then(|| quit.clone());
+        serials.push(Arc::new(
+            Chardev::open(&backend, esc).map_err(|e| e.to_string())?,
+        ));
+    }
+
+    let policy = Policy {
+        no_reboot: cfg.no_reboot,
+        no_shutdown: cfg.no_shutdown,
+        start_paused: cfg.start_paused,
+    };
+    let mut machine = match Machine::new(vm_cfg, serials, policy, tx, rx) {
+        Ok(m) => m,
+        Err(e) => {
+            drop(raw_term);
+            if let Some(d) = daemon {
+                d.fail(&e.to_string());
+            }
+            return Err(e.to_string());
+        }
+    };
+    if let Some(d) = daemon {
+        d.ready();
+    }
+    let Ending::Exit(code) = machine.run();
+    drop(raw_term);
+    Ok(code)
+}
+
+fn vm_config(cfg: &Config) -> Result<VmConfig, String> {
+    let kernel = cfg.kernel.clone().ok_or(
+        "no kernel given: Kestrel boots Linux directly and has no firmware; use -kernel PATH",
+    )?;
+    let cpu_model = match cfg.cpu.model.as_str() {
+        "host" | "max" => arch::cpuid::CpuModel::Host,
+        "qemu64" => arch::cpuid::CpuModel::Qemu64,
+        other => return Err(format!("-cpu {other}: unknown CPU model")),
+    };
+    let num_cpus = u8::try_from(cfg.smp.cpus)
+        .ok()
+        .filter(|n| (1..=arch::mptable::MAX_CPUS).contains(n))
+        .ok_or_else(|| {
+            format!(
+                "-smp {}: Kestrel supports 1 to {} CPUs",
+                cfg.smp.cpus,
+                arch::mptable::MAX_CPUS
+            )
+        })?;
+    Ok(VmConfig {
+        mem_size: cfg.mem_size,
+        num_cpus,
+        threads_per_core: cfg.smp.threads.clamp(1, 255) as u8,
+        cores_per_socket: cfg.smp.cores.clamp(1, 255) as u8,
+        kernel,
+        initrd: cfg.initrd.clone(),
+        cmdline: cfg.append.clone(),
+        cpu_model,
+        cpu_flags: cfg.cpu.flags.clone(),
+    })
+}
+
+fn backend(b: &ChardevBackend) -> Option<Backend> {
+    Some(match b {
+        ChardevBackend::Stdio => Backend::Stdio,
+        ChardevBackend::File { path, append } => Backend::File {
+            path: path.clone(),
+            append: *append,
+        },
+        ChardevBackend::UnixSocket { path, server, wait } => Backend::UnixSocket {
+            path: path.clone(),
+            server: *server,
+            wait: *wait,
+        },
+        ChardevBackend::TcpSocket {
+            host,
+            port,
+            server,
+            wait,
+        } => Backend::TcpSocket {
+            host: host.clone(),
+            port: *port,
+            server: *server,
+            wait: *wait,
+        },
+        ChardevBackend::Null => Backend::Null,
+        ChardevBackend::None => return None,
+    })
+}
+
+fn check_file(p: &PathBuf, what: &str) -> Result<(), String> {
+    match std::fs::metadata(p) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(format!(
+            "could not load {what} '{}': not a regular file",
+            p.display()
+        )),
+        Err(e) => Err(format!(
+            "could not load {what} '{}': {}",
+            p.display(),
+            strip_os_error(&e)
+        )),
+    }
+}
+
+/// "No such file or directory", without Rust's "(os error 2)" suffix.
+fn strip_os_error(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+const CONTROL_SIGNALS: [i32; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1];
+
+fn block_control_signals() -> libc::sigset_t {
+    // SAFETY: sigset manipulation on a local, then pthread_sigmask for this thread; threads
+    // spawned afterwards inherit the mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in CONTROL_SIGNALS {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn spawn_signal_thread(set: libc::sigset_t, tx: Sender<ControlEvent>) -> Result<(), String> {
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            let mut sig: libc::c_int = 0;
+            // SAFETY: `set` is a valid signal set blocked in all threads.
+            if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+                continue;
+            }
+            let ev = if sig == libc::SIGUSR1 {
+                ControlEvent::Continue
+            } else {
+                ControlEvent::Signal(sig)
+            };
+            if tx.send(ev).is_err() {
+                return;
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| format!("cannot start the signal thread: {e}"))
+}
+
+/// The console terminal in raw mode (as QEMU's -nographic sets it), restored on drop.
+struct RawTerminal(libc::termios);
+
+impl RawTerminal {
+    fn enter() -> Option<RawTerminal> {
+        let fd = std::io::stdin().as_raw_fd();
+        // SAFETY: termios calls on stdin with valid pointers; a non-tty fails and we skip.
+        unsafe {
+            if libc::isatty(fd) != 1 {
+                return None;
+            }
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(fd, &mut t) != 0 {
+                return None;
+            }
+            let saved = t;
+            libc::cfmakeraw(&mut t);
+            // Keep output post-processing so the guest's "\n" is not mangled by us.
+            t.c_oflag = saved.c_oflag;
+            libc::tcsetattr(fd, libc::TCSANOW, &t);
+            Some(RawTerminal(saved))
+        }
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        // SAFETY: restores the attributes read in `enter`.
+        unsafe { libc::tcsetattr(std::io::stdin().as_raw_fd(), libc::TCSANOW, &self.0) };
+    }
+}
+
+/// A pid file holding our pid, locked while we run (so two instances can't share it)
+/// and removed on exit, as QEMU's -pidfile.
+struct PidFile {
+    path: PathBuf,
+    _file: std::fs::File,
+}
+
+impl PidFile {
+    fn create(path: &PathBuf) -> Result<PidFile, String> {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(|e| {
+                format!(
+                    "cannot open pid file '{}': {}",
+                    path.display(),
+                    strip_os_error(&e)
+                )
+            })?;
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(format!(
+                "cannot lock pid file '{}': another instance holds it",
+                path.display()
+            ));
+        }
+        f.set_len(0)
+            .map_err(|e| format!("pid file '{}': {e}", path.display()))?;
+        writeln!(f, "{}", std::process::id())
+            .map_err(|e| format!("pid file '{}': {e}", path.display()))?;
+        Ok(PidFile {
+            path: path.clone(),
+            _file: f,
+        })
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The child's side of -daemonize: tells the waiting parent whether startup worked.
+struct Daemon(OwnedFd);
+
+impl Daemon {
+    fn ready(self) {
+        let mut f = std::fs::File::from(self.0);
+        let _ = f.write_all(&[0]);
+        redirect_stdio_to_null();
+    }
+
+    fn fail(self, msg: &str) {
+        let mut f = std::fs::File::from(self.0);
+        let _ = f.write_all(format!("\x01{msg}").as_bytes());
+    }
+}
+
+/// Forks: the parent waits for the child to report startup and exits with its verdict;
+/// the child starts a new session and carries on. Called before any thread exists.
+fn daemonize() -> Result<Daemon, String> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe/fork/setsid with valid arguments; no other thread exists yet.
+    unsafe {
+        if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+            return Err("cannot daemonize: pipe failed".into());
+        }
+        match libc::fork() {
+            -1 => Err("cannot daemonize: fork failed".into()),
+            0 => {
+                libc::close(fds[0]);
+                libc::setsid();
+                Ok(Daemon(OwnedFd::from_raw_fd(fds[1])))
+            }
+            _ => {
+                libc::close(fds[1]);
+                let mut r = std::fs::File::from_raw_fd(fds[0]);
+                let mut buf = Vec::new();
+                let _ = r.read_to_end(&mut buf);
+                match buf.first() {
+                    Some(0) => std::process::exit(0),
+                    Some(1) => {
+                        eprintln!("kestrel: {}", String::from_utf8_lossy(&buf[1..]));
+                        std::process::exit(1)
+                    }
+                    _ => {
+                        eprintln!("kestrel: the daemon exited during startup");
+                        std::process::exit(1)
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn redirect_stdio_to_null() {
+    // SAFETY: dup2 of a freshly opened /dev/null over our own stdio fds.
+    unsafe {
+        let fd = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if fd >= 0 {
+            libc::dup2(fd, 0);
+            libc::dup2(fd, 1);
+            libc::dup2(fd, 2);
+            if fd > 2 {
+                libc::close(fd);
+            }
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! The QEMU-compatible command line: turns `kestrel`'s arguments into a [`Config`] (or a
+//! request for help or the version).
+//!
+//! Every option is one entry of the table in `options.rs` (name, whether it takes an
+//! argument, help line, handler); the table drives both parsing and [`help_text`]. Every
+//! `key=value,...` argument is read by the one serde deserializer in `keyvalue.rs` into a
+//! `#[serde(deny_unknown_fields)]` struct, so adding an option (`-qmp`, `-device`, ...) is one
+//! table entry and one struct.
+//!
+//! As in QEMU, `-opt` and `--opt` are the same option, `-opt=value` is not an option, an
+//! option's argument is always the next word (even if it starts with `-`), and `-h` /
+//! `-version` act as soon as they are seen. Errors are one line naming the option, in QEMU
+//! 7.2's wording where QEMU has one.
+
+mod chardev;
+mod keyvalue;
+mod options;
+mod smp;
+mod values;
+
+use std::path::PathBuf;
+
+pub use smp::Smp;
+
+/// What the command line asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Build and run this machine.
+    Run(Box<Config>),
+    /// Print [`version_text`] and exit successfully.
+    Version,
+    /// Print [`help_text`] and exit successfully (`-h`, and `help` given to `-machine`,
+    /// `-cpu` or `-accel`, whose choices the help text lists).
+    Help,
+}
+
+/// A command-line error. Display is one line naming the option, e.g.
+/// `-m foo: Parameter 'size' expects a non-negative number ...`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CmdlineError {
+    /// An option Kestrel does not know (`-foo: invalid option`).
+    #[error("{0}: invalid option")]
+    UnknownOption(String),
+    /// An option that takes an argument was last on the line.
+    #[error("{0}: requires an argument")]
+    MissingArgument(String),
+    /// A word that is not an option; QEMU would take it as a disk image (`-hda`).
+    #[error("{0}: bare arguments (QEMU's implicit -hda disk image) are not supported")]
+    Positional(String),
+    /// An option's argument is wrong; `option` is spelled as the user typed it.
+    #[error("{option}{}: {message}", .arg.as_deref().map(|a| format!(" {a}")).unwrap_or_default())]
+    Invalid {
+        option: String,
+        arg: Option<String>,
+        message: String,
+    },
+    /// Options that cannot be combined; the message names them.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// Default guest RAM, as QEMU's.
+pub const DEFAULT_MEM_SIZE: u64 = 128 << 20;
+
+/// Most serial ports (COM1..COM4 on the ISA bus).
+pub const MAX_SERIAL_PORTS: usize = 4;
+
+/// The machine to build, everything the command line said, defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Guest RAM in bytes, rounded up to 8 KiB as QEMU does; default 128 MiB.
+    pub mem_size: u64,
+    pub smp: Smp,
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    /// The kernel command line (`-append`); empty by default.
+    pub append: String,
+    /// Serial ports in order: COM1, COM2, ... A `-serial chardev:ID` is resolved to a copy
+    /// of that chardev's backend (the chardev still appears in `chardevs`).
+    ///
+    /// Without `-serial` and `-nodefaults`, COM1 is `Stdio`: where QEMU would make a `vc`
+    /// (a graphical text console) Kestrel, which has no graphical console, uses stdio; with
+    /// `-daemonize` it is `Null` instead, stdio being gone. `-serial none` adds no port and,
+    /// as in QEMU, uses up no COM number, so `ChardevBackend::None` never appears here.
+    pub serials: Vec<ChardevBackend>,
+    /// Every `-chardev`, in command-line order; ids are unique.
+    pub chardevs: Vec<Chardev>,
+    pub nographic: bool,
+    /// `-display none`.
+    pub display_none: bool,
+    pub nodefaults: bool,
+    pub no_reboot: bool,
+    pub no_shutdown: bool,
+    /// `-name NAME` or `-name guest=NAME`.
+    pub name: Option<String>,
+    /// `-name ...,process=NAME`: the name for the process (prctl PR_SET_NAME).
+    pub process_name: Option<String>,
+    /// `-name ...,debug-threads=on`: name threads after their role.
+    pub debug_threads: bool,
+    pub uuid: Option<[u8; 16]>,
+    /// `-S`: do not start the vCPUs until the monitor says `cont`.
+    pub start_paused: bool,
+    pub machine: Machine,
+    pub cpu: Cpu,
+    pub daemonize: bool,
+    pub pidfile: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            mem_size: DEFAULT_MEM_SIZE,
+            smp: Smp::default(),
+            kernel: None,
+            initrd: None,
+            append: String::new(),
+            serials: Vec::new(),
+            chardevs: Vec::new(),
+            nographic: false,
+            display_none: false,
+            nodefaults: false,
+            no_reboot: false,
+            no_shutdown: false,
+            name: None,
+            process_name: None,
+            debug_threads: false,
+            uuid: None,
+            start_paused: false,
+            machine: Machine::default(),
+            cpu: Cpu::default(),
+            daemonize: false,
+            pidfile: None,
+        }
+    }
+}
+
+/// Where a character device's bytes go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChardevBackend {
+    Stdio,
+    /// Output to a file (input is nothing), truncated unless `append`.
+    File {
+        path: PathBuf,
+        append: bool,
+    },
+    /// `server`: listen rather than connect; `wait`: as a server, block startup until a
+    /// client connects (default true, as in QEMU).
+    UnixSocket {
+        path: PathBuf,
+        server: bool,
+        wait: bool,
+    },
+    /// An empty host means all interfaces (as a server).
+    TcpSocket {
+        host: String,
+        port: u16,
+        server: bool,
+        wait: bool,
+    },
+    /// Discards output, never has input.
+    Null,
+    /// No device at all. The parser does not produce it: `-serial none` leaves no entry in
+    /// [`Config::serials`] (see there); kept for consumers that model an empty slot.
+    #[allow(dead_code)]
+    None,
+}
+
+/// One `-chardev`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chardev {
+    pub id: String,
+    pub backend: ChardevBackend,
+}
+
+/// The only machine type.
+pub const MACHINE_TYPE: &str = "kestrel";
+
+/// The machine type and accelerator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Machine {
+    /// Always [`MACHINE_TYPE`].
+    pub kind: String,
+    pub accel: Accel,
+}
+
+impl Default for Machine {
+    fn default() -> Self {
+        Machine {
+            kind: MACHINE_TYPE.to_string(),
+            accel: Accel::Kvm,
+        }
+    }
+}
+
+/// The accelerator; KVM is the only one (and the default, where QEMU's is tcg).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Accel {
+    #[default]
+    Kvm,
+}
+
+/// The CPU model the guest sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CpuModel {
+    /// The host's CPUID, as KVM supports it.
+    Host,
+    /// Everything KVM supports (for KVM, the same as `host`).
+    Max,
+    /// QEMU's default x86-64 baseline.
+    #[default]
+    Qemu64,
+}
+
+impl CpuModel {
+    /// The name as written on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CpuModel::Host => "host",
+            CpuModel::Max => "max",
+            CpuModel::Qemu64 => "qemu64",
+        }
+    }
+}
+
+/// `-cpu MODEL[,+flag|-flag|flag=on|off...]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Cpu {
+    pub model: CpuModel,
+    /// CPUID feature flags to turn on (`true`) or off, in command-line order, each at most
+    /// once. Names are QEMU's (`vmx`, `avx2`, `x2apic`, ...), only checked syntactically
+    /// here: the CPUID builder knows which exist.
+    pub flags: Vec<(String, bool)>,
+}
+
+/// Parses the arguments (without `argv[0]`).
+pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Action, CmdlineError> {
+    options::parse(args)
+}
+
+/// The `-h` text: a usage line and one line per supported option.
+pub fn help_text() -> String {
+    options::help_text()
+}
+
+/// The `-version` text.
+pub fn version_text() -> String {
+    format!(
+        "Kestrel version {} (QEMU-compatible command line and QMP)",
+        env!("CARGO_PKG_VERSION")
+    )
+}

@@ -1,0 +1,317 @@
+//! vCPU threads. Each vCPU is a thread looping on KVM_RUN; the machine steers it through
+//! a small state machine (Running -> Paused -> Running, or -> Exited) without waiting for
+//! the guest to exit on its own: a request is posted, then the thread is kicked with a
+//! real-time signal whose handler sets `immediate_exit`, so KVM_RUN returns at once
+//! whether the signal lands before or during the ioctl.
+//!
+//! Exits are dispatched to the port and MMIO buses, whose maps are lock-free snapshots;
+//! the only locks on that path are the one device's own.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use devices::{Bus, ExitRequest, ExitRequests};
+use kvm_bindings::kvm_run;
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
+
+use crate::ControlEvent;
+
+/// What the machine wants a vCPU thread to do next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Request {
+    Run,
+    Pause,
+    Exit,
+}
+
+/// Where the thread is, as acknowledged by the thread itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ack {
+    Starting,
+    Running,
+    Paused,
+    Exited,
+}
+
+struct Ctl {
+    request: Request,
+    ack: Ack,
+}
+
+struct Shared {
+    ctl: Mutex<Ctl>,
+    cv: Condvar,
+    tid: AtomicI32,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ctl> {
+        self.ctl.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The machine's handle on one vCPU thread.
+pub struct Vcpu {
+    #[allow(dead_code)] // read by the QMP monitor's query-cpus-fast
+    index: u8,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+thread_local! {
+    /// This thread's `kvm_run` page, for the kick signal handler.
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    KVM_RUN.with(|p| {
+        let p = p.get();
+        if !p.is_null() {
+            // SAFETY: the pointer is this thread's own kvm_run mapping, live for as long as
+            // the thread runs its loop (cleared before the VcpuFd is dropped).
+            unsafe { std::ptr::write_volatile(&mut (*p).immediate_exit, 1) };
+        }
+    });
+}
+
+/// Installs the kick handler once per process.
+pub fn install_kick_handler() -> Result<(), String> {
+    register_signal_handler(SIGRTMIN(), kick_handler)
+        .map_err(|e| format!("cannot install the vCPU kick signal handler: {e}"))
+}
+
+/// Everything a vCPU thread needs besides its fd.
+pub struct VcpuContext {
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+    pub exit_requests: Arc<ExitRequests>,
+    pub events: Sender<ControlEvent>,
+    /// Generation of the VM this vCPU belongs to: events from an old VM (before a
+    /// reset rebuilt it) are ignored by the machine.
+    pub generation: u64,
+}
+
+impl Vcpu {
+    /// Spawns the thread, parked: it runs guest code only after `resume`.
+    pub fn spawn(index: u8, fd: VcpuFd, ctx: VcpuContext) -> std::io::Result<Vcpu> {
+        let shared = Arc::new(Shared {
+            ctl: Mutex::new(Ctl {
+                request: Request::Pause,
+                ack: Ack::Starting,
+            }),
+            cv: Condvar::new(),
+            tid: AtomicI32::new(0),
+        });
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("vcpu{index}"))
+            .spawn(move || run_thread(index, fd, ctx, s))?;
+        let v = Vcpu {
+            index,
+            shared,
+            thread: Some(thread),
+        };
+        v.wait_for(|a| a != Ack::Starting);
+        Ok(v)
+    }
+
+    #[allow(dead_code)] // read by the QMP monitor's query-cpus-fast
+    pub fn index(&self) -> u8 {
+        self.index
+    }
+
+    /// The host thread id (what `query-cpus-fast` reports).
+    #[allow(dead_code)] // read by the QMP monitor's query-cpus-fast
+    pub fn thread_id(&self) -> i32 {
+        self.shared.tid.load(Ordering::Acquire)
+    }
+
+    fn post(&self, r: Request) {
+        let mut c = self.shared.lock();
+        if c.ack == Ack::Exited {
+            return;
+        }
+        c.request = r;
+        drop(c);
+        self.shared.cv.notify_all();
+        self.kick();
+    }
+
+    fn kick(&self) {
+        if let Some(t) = &self.thread {
+            use std::os::unix::thread::JoinHandleExt;
+            // SAFETY: the pthread is alive until joined (we hold its JoinHandle).
+            unsafe { libc::pthread_kill(t.as_pthread_t(), SIGRTMIN()) };
+        }
+    }
+
+    fn wait_for(&self, done: impl Fn(Ack) -> bool) {
+        let mut c = self.shared.lock();
+        while !done(c.ack) && c.ack != Ack::Exited {
+            c = self.shared.cv.wait(c).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Asks the thread to pause without waiting (see `wait_paused`).
+    pub fn request_pause(&self) {
+        self.post(Request::Pause);
+    }
+
+    pub fn wait_paused(&self) {
+        self.wait_for(|a| a == Ack::Paused);
+    }
+
+    pub fn resume(&self) {
+        self.post(Request::Run);
+    }
+
+    /// Stops the thread and joins it.
+    pub fn exit(&mut self) {
+        self.post(Request::Exit);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Vcpu {
+    fn drop(&mut self) {
+        self.exit();
+    }
+}
+
+fn run_thread(index: u8, mut fd: VcpuFd, ctx: VcpuContext, shared: Arc<Shared>) {
+    // SAFETY: gettid has no preconditions.
+    shared
+        .tid
+        .store(unsafe { libc::gettid() }, Ordering::Release);
+    let run_ptr: *mut kvm_run = fd.get_kvm_run();
+    KVM_RUN.with(|p| p.set(run_ptr));
+    let mut reported = false;
+    loop {
+        // Honour the machine's request before (re-)entering the guest.
+        {
+            let mut c = shared.lock();
+            loop {
+                match c.request {
+                    Request::Run => {
+                        if c.ack != Ack::Running {
+                            c.ack = Ack::Running;
+                            shared.cv.notify_all();
+                        }
+                        break;
+                    }
+                    Request::Pause => {
+                        if c.ack != Ack::Paused {
+                            // Tell KVM the guest was stopped, so its watchdogs don't fire on resume.
+                            let _ = fd.kvmclock_ctrl();
+                            c.ack = Ack::Paused;
+                            shared.cv.notify_all();
+                        }
+                        c = shared.cv.wait(c).unwrap_or_else(|p| p.into_inner());
+                    }
+                    Request::Exit => {
+                        c.ack = Ack::Exited;
+                        shared.cv.notify_all();
+                        KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
+                        return;
+                    }
+                }
+            }
+        }
+        fd.set_kvm_immediate_exit(0);
+        let outcome = match fd.run() {
+            Ok(exit) => handle_exit(index, exit, &ctx),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Outcome::Continue,
+            Err(e) => Outcome::Fatal(format!("vCPU {index}: KVM_RUN failed: {e}")),
+        };
+        match outcome {
+            Outcome::Continue => {}
+            Outcome::Event(ev) => {
+                let _ = ctx.events.send(ControlEvent::Vm {
+                    generation: ctx.generation,
+                    event: ev,
+                });
+            }
+            Outcome::Fatal(msg) => {
+                let _ = ctx.events.send(ControlEvent::Vm {
+                    generation: ctx.generation,
+                    event: VmEvent::Fatal(msg),
+                });
+                // Stay off the CPU until the machine decides.
+                shared.lock().request = Request::Pause;
+            }
+        }
+        if !reported {
+            if let Some(r) = ctx.exit_requests.peek() {
+                reported = true;
+                let ev = match r {
+                    ExitRequest::Reset => VmEvent::Reset,
+                    ExitRequest::PowerOff => VmEvent::PowerOff,
+                };
+                let _ = ctx.events.send(ControlEvent::Vm {
+                    generation: ctx.generation,
+                    event: ev,
+                });
+            }
+        } else if ctx.exit_requests.peek().is_none() {
+            reported = false;
+        }
+    }
+}
+
+/// What the guest did that the machine must act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VmEvent {
+    /// The guest reset the machine (i8042, ACPI reset register, triple fault).
+    Reset,
+    /// The guest powered the machine off (ACPI S5).
+    PowerOff,
+    /// The vCPU cannot go on (KVM internal error, failed entry).
+    Fatal(String),
+}
+
+enum Outcome {
+    Continue,
+    Event(VmEvent),
+    Fatal(String),
+}
+
+fn handle_exit(index: u8, exit: VcpuExit<'_>, ctx: &VcpuContext) -> Outcome {
+    match exit {
+        VcpuExit::IoIn(port, data) => {
+            ctx.pio.read(u64::from(port), data);
+            Outcome::Continue
+        }
+        VcpuExit::IoOut(port, data) => {
+            ctx.pio.write(u64::from(port), data);
+            Outcome::Continue
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            ctx.mmio.read(addr, data);
+            Outcome::Continue
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            ctx.mmio.write(addr, data);
+            Outcome::Continue
+        }
+        // A triple fault: real hardware resets, and so does QEMU.
+        VcpuExit::Shutdown => Outcome::Event(VmEvent::Reset),
+        VcpuExit::Hlt => Outcome::Continue,
+        VcpuExit::Intr | VcpuExit::IrqWindowOpen => Outcome::Continue,
+        VcpuExit::SystemEvent(kind, _) => match kind {
+            kvm_bindings::KVM_SYSTEM_EVENT_RESET => Outcome::Event(VmEvent::Reset),
+            kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => Outcome::Event(VmEvent::PowerOff),
+            _ => Outcome::Continue,
+        },
+        VcpuExit::InternalError => Outcome::Fatal(format!("vCPU {index}: KVM internal error")),
+        VcpuExit::FailEntry(reason, cpu) => Outcome::Fatal(format!(
+            "vCPU {index}: KVM failed to enter the guest (hardware reason {reason:#x}, cpu {cpu})"
+        )),
+        other => Outcome::Fatal(format!("vCPU {index}: unexpected KVM exit {other:?}")),
+    }
+}

@@ -1,0 +1,304 @@
+//! One boot of the guest: the KVM VM, its memory, buses, devices and vCPU threads,
+//! built from the machine's configuration. A guest reset throws the whole `Vm` away and
+//! builds a new one on the same chardev backends, so nothing of the old boot's device
+//! or interrupt-controller state can leak into the next.
+
+use std::path::PathBuf;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+
+use arch::boot::{self, BootError};
+use arch::cpuid::{self, CpuModel, CpuidConfig};
+use arch::layout;
+use arch::regs::{self, BootProtocol};
+use devices::legacy::acpi_pm::AcpiPmDevice;
+use devices::legacy::i8042::I8042Device;
+use devices::legacy::rtc::{CmosRtc, SystemClock};
+use devices::legacy::serial::SerialDevice;
+use devices::{Bus, ExitRequests, Interrupt, SharedDevice};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::chardev::Chardev;
+use crate::vcpu::{Vcpu, VcpuContext};
+use crate::ControlEvent;
+
+/// What a boot needs to know, resolved from the command line.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    pub mem_size: u64,
+    pub num_cpus: u8,
+    pub threads_per_core: u8,
+    pub cores_per_socket: u8,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub cpu_model: CpuModel,
+    pub cpu_flags: Vec<(String, bool)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("failed to initialize kvm: {0}")]
+    Kvm(kvm_ioctls::Error),
+    #[error("KVM: {what}: {err}")]
+    KvmOp {
+        what: &'static str,
+        err: kvm_ioctls::Error,
+    },
+    #[error("cannot allocate {size} bytes of guest memory: {err}")]
+    Memory { size: u64, err: String },
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error("{0}")]
+    Cpuid(#[from] cpuid::CpuidError),
+    #[error("{0}")]
+    Regs(#[from] regs::RegsError),
+    #[error("ACPI tables: {0}")]
+    Acpi(#[from] arch::acpi::AcpiError),
+    #[error("MP table: {0}")]
+    Mptable(#[from] arch::mptable::MptableError),
+    #[error("device setup: {0}")]
+    Device(String),
+    #[error("cannot start vCPU thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// An ISA interrupt line backed by an irqfd: a trigger is one write, no exit to the VMM.
+struct IrqFd(EventFd);
+
+impl Interrupt for IrqFd {
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+fn irqfd(vm: &VmFd, gsi: u32) -> Result<Arc<IrqFd>, VmError> {
+    let e =
+        EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Device(format!("eventfd: {e}")))?;
+    vm.register_irqfd(&e, gsi).map_err(|err| VmError::KvmOp {
+        what: "registering an irqfd",
+        err,
+    })?;
+    Ok(Arc::new(IrqFd(e)))
+}
+
+const SERIAL_PORTS: [(u16, u32); 4] = [
+    (layout::COM1_PORT, layout::COM1_IRQ),
+    (layout::COM2_PORT, layout::COM2_IRQ),
+    (0x3e8, layout::COM1_IRQ),
+    (0x2e8, layout::COM2_IRQ),
+];
+
+pub struct Vm {
+    // Field order is drop order: vCPU threads stop before the VM fd and memory go.
+    vcpus: Vec<Vcpu>,
+    _vm_fd: VmFd,
+    _mem: GuestMemoryMmap,
+    _pio: Arc<Bus>,
+    _mmio: Arc<Bus>,
+}
+
+impl Vm {
+    /// Builds the VM and its vCPU threads, all parked.
+    pub fn build(
+        kvm: &Kvm,
+        cfg: &VmConfig,
+        serial_backends: &[Arc<Chardev>],
+        events: Sender<ControlEvent>,
+        generation: u64,
+    ) -> Result<Vm, VmError> {
+        let kop = |what| move |err| VmError::KvmOp { what, err };
+        let vm_fd = kvm.create_vm().map_err(VmError::Kvm)?;
+
+        let ranges: Vec<(GuestAddress, usize)> = layout::ram_regions(cfg.mem_size)
+            .into_iter()
+            .map(|(a, l)| (GuestAddress(a), l as usize))
+            .collect();
+        let mem = GuestMemoryMmap::<()>::from_ranges(&ranges).map_err(|e| VmError::Memory {
+            size: cfg.mem_size,
+            err: e.to_string(),
+        })?;
+        for (slot, r) in mem.iter().enumerate() {
+            let region = kvm_userspace_memory_region {
+                slot: slot as u32,
+                guest_phys_addr: r.start_addr().raw_value(),
+                memory_size: r.len(),
+                userspace_addr: r.as_ptr() as u64,
+                flags: 0,
+            };
+            // SAFETY: the mapping is owned by `mem`, which the Vm keeps alive longer than
+            // the VM fd (field order), and it does not overlap another slot.
+            unsafe { vm_fd.set_user_memory_region(region) }
+                .map_err(kop("registering guest memory"))?;
+        }
+
+        vm_fd
+            .set_tss_address(0xfffb_d000)
+            .map_err(kop("setting the TSS address"))?;
+        vm_fd
+            .create_irq_chip()
+            .map_err(kop("creating the in-kernel irqchip"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm_fd
+            .create_pit2(pit)
+            .map_err(kop("creating the in-kernel PIT"))?;
+
+        // Firmware tables and the kernel.
+        let kernel = boot::load_kernel(&mem, &cfg.kernel)?;
+        boot::write_cmdline(&mem, &cfg.cmdline, boot::cmdline_max(&kernel))?;
+        let initrd = match &cfg.initrd {
+            Some(p) => Some(boot::load_initrd(
+                &mem,
+                p,
+                kernel.kernel_end,
+                boot::initrd_addr_max(&kernel),
+            )?),
+            None => None,
+        };
+        arch::mptable::setup_mptable(&mem, cfg.num_cpus)?;
+        let mut acpi_cfg = arch::acpi::AcpiConfig::new(cfg.num_cpus);
+        acpi_cfg.com1 = !serial_backends.is_empty();
+        let rsdp = arch::acpi::create_acpi_tables(&mem, &acpi_cfg)?;
+        let e820 = boot::e820_map(&mem);
+        regs::write_boot_structures(&mem, kernel.protocol)?;
+        let boot_info = match kernel.protocol {
+            BootProtocol::Pvh => boot::write_pvh_info(&mem, &e820, initrd, Some(rsdp.raw_value()))?,
+            BootProtocol::Linux64 => {
+                boot::write_zero_page(&mem, &kernel, cfg.cmdline.len() + 1, &e820, initrd)?
+            }
+        };
+
+        // Devices.
+        let pio = Arc::new(Bus::new());
+        let mmio = Arc::new(Bus::new());
+        let exit_requests = Arc::new(ExitRequests::new());
+        for (i, backend) in serial_backends.iter().enumerate().take(SERIAL_PORTS.len()) {
+            let (port, irq) = SERIAL_PORTS[i];
+            let dev = Arc::new(Mutex::new(SerialDevice::new(
+                irqfd(&vm_fd, irq)?,
+                backend.writer(),
+            )));
+            let shared: SharedDevice = dev.clone();
+            pio.insert(shared, u64::from(port), 8)
+                .map_err(|e| VmError::Device(e.to_string()))?;
+            let input = dev.clone();
+            backend.set_input(Arc::new(move |bytes: &[u8]| feed_serial(&input, bytes)));
+        }
+        let add = |d: SharedDevice, base: u16, len: u64| {
+            pio.insert(d, u64::from(base), len)
+                .map_err(|e| VmError::Device(e.to_string()))
+        };
+        add(
+            Arc::new(Mutex::new(I8042Device::new(
+                exit_requests.clone(),
+                irqfd(&vm_fd, layout::I8042_IRQ)?,
+            ))),
+            layout::I8042_PORT,
+            I8042Device::WINDOW_LEN,
+        )?;
+        add(
+            Arc::new(Mutex::new(CmosRtc::new(Arc::new(SystemClock)))),
+            layout::RTC_PORT,
+            CmosRtc::WINDOW_LEN,
+        )?;
+        add(
+            Arc::new(Mutex::new(AcpiPmDevice::new(exit_requests.clone()))),
+            layout::ACPI_PM_PORT_BASE,
+            layout::ACPI_PM_PORT_LEN,
+        )?;
+
+        // vCPUs.
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kop("reading supported CPUID"))?;
+        let overrides = cpuid::resolve_overrides(&cfg.cpu_flags)?;
+        let mut vcpus = Vec::with_capacity(cfg.num_cpus as usize);
+        for i in 0..cfg.num_cpus {
+            let fd = vm_fd
+                .create_vcpu(u64::from(i))
+                .map_err(kop("creating a vCPU"))?;
+            let mut c = supported.clone();
+            cpuid::filter(
+                &mut c,
+                &CpuidConfig {
+                    cpu_index: i,
+                    num_cpus: cfg.num_cpus,
+                    threads_per_core: cfg.threads_per_core,
+                    cores_per_socket: cfg.cores_per_socket,
+                    model: cfg.cpu_model,
+                    overrides: overrides.clone(),
+                },
+            );
+            fd.set_cpuid2(&c).map_err(kop("setting CPUID"))?;
+            regs::setup_vcpu(&fd, kernel.protocol, kernel.entry, boot_info)?;
+            let ctx = VcpuContext {
+                pio: pio.clone(),
+                mmio: mmio.clone(),
+                exit_requests: exit_requests.clone(),
+                events: events.clone(),
+                generation,
+            };
+            vcpus.push(Vcpu::spawn(i, fd, ctx).map_err(VmError::Thread)?);
+        }
+
+        Ok(Vm {
+            vcpus,
+            _vm_fd: vm_fd,
+            _mem: mem,
+            _pio: pio,
+            _mmio: mmio,
+        })
+    }
+
+    pub fn resume(&self) {
+        for v in &self.vcpus {
+            v.resume();
+        }
+    }
+
+    /// Pauses every vCPU and waits until each has left KVM_RUN.
+    pub fn pause(&self) {
+        for v in &self.vcpus {
+            v.request_pause();
+        }
+        for v in &self.vcpus {
+            v.wait_paused();
+        }
+    }
+
+    #[allow(dead_code)] // read by the QMP monitor's query-cpus-fast
+    pub fn vcpu_thread_ids(&self) -> Vec<(u8, i32)> {
+        self.vcpus
+            .iter()
+            .map(|v| (v.index(), v.thread_id()))
+            .collect()
+    }
+}
+
+/// Hands host input to the UART, waiting while its FIFO is full: the guest drains it at
+/// its own pace; input nobody reads for ten seconds is dropped rather than held forever.
+fn feed_serial(dev: &Arc<Mutex<SerialDevice>>, mut bytes: &[u8]) {
+    let mut idle = 0;
+    while !bytes.is_empty() && idle < 2000 {
+        let n = dev
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .enqueue_input(bytes)
+            .unwrap_or(0);
+        bytes = &bytes[n..];
+        if n == 0 {
+            idle += 1;
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        } else {
+            idle = 0;
+        }
+    }
+}
