@@ -82,3 +82,109 @@ fn reboot_restarts_the_guest() {
         "still running after the reboot"
     );
 }
+
+/// -daemonize with -pidfile, the console on a unix-socket chardev that holds startup
+/// until a client connects (wait=on), -name process=/debug-threads=on: the parent exits 0
+/// once the machine is up, the pid file names the running daemon, the guest's console
+/// reaches the socket client, and guest poweroff ends the daemon and removes the pid file.
+#[test]
+#[ignore = "boots a guest: run by `make test`"]
+fn daemon_with_pidfile_and_socket_console() {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    use std::time::{Duration, Instant};
+
+    let g = guest();
+    let dir = std::env::temp_dir().join(format!("kestrel-daemon-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("console.sock");
+    let pidfile = dir.join("kestrel.pid");
+    let append = format!("{} guest.cat=/proc/cmdline guest.poweroff", g.cmdline);
+    let chardev = format!("socket,id=con0,path={},server=on,wait=on", sock.display());
+    let mut parent = std::process::Command::new(common::kestrel())
+        .args([
+            "-nodefaults",
+            "-display",
+            "none",
+            "-daemonize",
+            "-pidfile",
+            pidfile.to_str().unwrap(),
+            "-name",
+            "guest=bootdaemon,process=kestrel-bd,debug-threads=on",
+            "-chardev",
+            &chardev,
+            "-serial",
+            "chardev:con0",
+            "-kernel",
+            g.vmlinux.to_str().unwrap(),
+            "-initrd",
+            g.tiny.to_str().unwrap(),
+            "-append",
+            &append,
+        ])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+
+    // wait=on: nothing starts until we connect.
+    let start = Instant::now();
+    let mut conn = loop {
+        if let Ok(c) = UnixStream::connect(&sock) {
+            break c;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "console socket never appeared"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let st = parent.wait().unwrap();
+    assert!(
+        st.success(),
+        "the parent exits 0 once the daemon is up: {st}"
+    );
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .unwrap()
+            .trim(),
+        "kestrel-bd"
+    );
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|s| s.trim().to_string())
+        .collect();
+    assert!(
+        threads.iter().any(|t| t == "CPU 0/KVM"),
+        "vCPU thread named as QEMU does: {threads:?}"
+    );
+
+    conn.set_read_timeout(Some(common::BOOT_TIMEOUT)).unwrap();
+    let mut console = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The guest powers off after printing its command line; the daemon then closes the socket.
+    while let Ok(n) = conn.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        console.extend_from_slice(&buf[..n]);
+    }
+    let console = String::from_utf8_lossy(&console);
+    assert!(console.contains("GUEST-UP"), "{console}");
+    assert!(console.contains("guest.poweroff"), "{console}");
+    let start = Instant::now();
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "daemon still running after poweroff"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!pidfile.exists(), "pid file removed at exit");
+    std::fs::remove_dir_all(&dir).ok();
+}

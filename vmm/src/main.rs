@@ -76,6 +76,9 @@ fn run(args: Vec<String>) -> Result<i32, String> {
         check_file(i, "initrd")?;
     }
 
+    if let Some(n) = &cfg.process_name {
+        set_process_name(n);
+    }
     let daemon = if cfg.daemonize {
         Some(daemonize()?)
     } else {
@@ -164,6 +167,7 @@ fn vm_config(cfg: &Config) -> Result<VmConfig, String> {
         cmdline: cfg.append.clone(),
         cpu_model,
         cpu_flags: cfg.cpu.flags.clone(),
+        debug_thread_names: cfg.debug_threads,
     })
 }
 
@@ -217,6 +221,14 @@ fn strip_os_error(e: &std::io::Error) -> String {
         Some(i) => s[..i].to_string(),
         None => s,
     }
+}
+
+/// `-name process=NAME`: what ps and top show (the kernel keeps 15 bytes of it).
+fn set_process_name(name: &str) {
+    let mut b: Vec<u8> = name.bytes().filter(|c| *c != 0).take(15).collect();
+    b.push(0);
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, b.as_ptr() as libc::c_ulong, 0, 0, 0) };
 }
 
 const CONTROL_SIGNALS: [i32; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1];

@@ -97,7 +97,7 @@ pub struct VcpuContext {
 
 impl Vcpu {
     /// Spawns the thread, parked: it runs guest code only after `resume`.
-    pub fn spawn(index: u8, fd: VcpuFd, ctx: VcpuContext) -> std::io::Result<Vcpu> {
+    pub fn spawn(index: u8, name: String, fd: VcpuFd, ctx: VcpuContext) -> std::io::Result<Vcpu> {
         let shared = Arc::new(Shared {
             ctl: Mutex::new(Ctl {
                 request: Request::Pause,
@@ -108,7 +108,7 @@ impl Vcpu {
         });
         let s = shared.clone();
         let thread = std::thread::Builder::new()
-            .name(format!("vcpu{index}"))
+            .name(name)
             .spawn(move || run_thread(index, fd, ctx, s))?;
         let v = Vcpu {
             index,

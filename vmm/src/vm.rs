@@ -39,6 +39,8 @@ pub struct VmConfig {
     pub cmdline: String,
     pub cpu_model: CpuModel,
     pub cpu_flags: Vec<(String, bool)>,
+    /// `-name debug-threads=on`: name vCPU threads as QEMU does ("CPU 0/KVM").
+    pub debug_thread_names: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -246,7 +248,12 @@ impl Vm {
                 events: events.clone(),
                 generation,
             };
-            vcpus.push(Vcpu::spawn(i, fd, ctx).map_err(VmError::Thread)?);
+            let name = if cfg.debug_thread_names {
+                format!("CPU {i}/KVM")
+            } else {
+                format!("vcpu{i}")
+            };
+            vcpus.push(Vcpu::spawn(i, name, fd, ctx).map_err(VmError::Thread)?);
         }
 
         Ok(Vm {
