@@ -144,21 +144,23 @@ fn exec_to_marker(vmm: Vmm, g: &Guest) -> f64 {
     let mut out = c.stdout.take().unwrap();
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
-    loop {
+    let found = loop {
         let n = out.read(&mut buf).unwrap_or(0);
         if n == 0 {
-            panic!(
-                "{vmm:?} ended before the marker:\n{}",
-                String::from_utf8_lossy(&seen)
-            );
+            break None;
         }
         seen.extend_from_slice(&buf[..n]);
         if seen.windows(8).any(|w| w == b"GUEST-UP") {
-            let t = start.elapsed().as_secs_f64();
-            kill(c);
-            return t;
+            break Some(start.elapsed().as_secs_f64());
         }
-    }
+    };
+    kill(c);
+    found.unwrap_or_else(|| {
+        panic!(
+            "{vmm:?} ended before the marker:\n{}",
+            String::from_utf8_lossy(&seen)
+        )
+    })
 }
 
 /// (VMM RSS without guest RAM, total RSS), in MiB, of a paused 256 MiB guest.
