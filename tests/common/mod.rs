@@ -196,3 +196,174 @@ pub fn run_to_exit(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A tiny hand-written guest: an ELF with a PVH entry note whose 32-bit code prints
+/// `msg` on COM1, then either halts forever or writes `exit_port`/`exit_value` (e.g. the
+/// ACPI sleep register for S5). It runs in microseconds even under instruction
+/// emulation, so monitor tests need neither `make guest` nor a real boot.
+pub fn tiny_kernel(name: &str, msg: &str, exit: Option<(u16, u8)>) -> PathBuf {
+    const LOAD: u32 = 0x10_0000;
+    let mut code = Vec::new();
+    // mov dx, 0x3f8
+    code.extend_from_slice(&[0x66, 0xba, 0xf8, 0x03]);
+    for b in msg.bytes() {
+        code.extend_from_slice(&[0xb0, b, 0xee]); // mov al, b; out dx, al
+    }
+    if let Some((port, val)) = exit {
+        let p = port.to_le_bytes();
+        code.extend_from_slice(&[0x66, 0xba, p[0], p[1], 0xb0, val, 0xee]);
+    }
+    code.extend_from_slice(&[0xf4, 0xeb, 0xfd]); // hlt; jmp back to hlt
+                                                 // Xen PVH note: name "Xen", type XEN_ELFNOTE_PHYS32_ENTRY (18), desc = entry.
+    let mut note = Vec::new();
+    note.extend_from_slice(&4u32.to_le_bytes());
+    note.extend_from_slice(&4u32.to_le_bytes());
+    note.extend_from_slice(&18u32.to_le_bytes());
+    note.extend_from_slice(b"Xen\0");
+    note.extend_from_slice(&LOAD.to_le_bytes());
+
+    let (ehsize, phsize) = (64u64, 56u64);
+    let note_off = ehsize + 2 * phsize;
+    let code_off = 0x1000u64;
+    let mut f = vec![0u8; code_off as usize];
+    f[0..4].copy_from_slice(b"\x7fELF");
+    f[4] = 2; // 64-bit
+    f[5] = 1; // little endian
+    f[6] = 1; // version
+    f[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    f[18..20].copy_from_slice(&62u16.to_le_bytes()); // x86-64
+    f[20..24].copy_from_slice(&1u32.to_le_bytes());
+    f[24..32].copy_from_slice(&u64::from(LOAD).to_le_bytes()); // e_entry
+    f[32..40].copy_from_slice(&ehsize.to_le_bytes()); // e_phoff
+    f[52..54].copy_from_slice(&(ehsize as u16).to_le_bytes());
+    f[54..56].copy_from_slice(&(phsize as u16).to_le_bytes());
+    f[56..58].copy_from_slice(&2u16.to_le_bytes()); // e_phnum
+    let mut ph = |i: u64, ty: u32, off: u64, addr: u64, size: u64| {
+        let o = (ehsize + i * phsize) as usize;
+        f[o..o + 4].copy_from_slice(&ty.to_le_bytes());
+        f[o + 4..o + 8].copy_from_slice(&5u32.to_le_bytes()); // R+X
+        f[o + 8..o + 16].copy_from_slice(&off.to_le_bytes());
+        f[o + 16..o + 24].copy_from_slice(&addr.to_le_bytes());
+        f[o + 24..o + 32].copy_from_slice(&addr.to_le_bytes());
+        f[o + 32..o + 40].copy_from_slice(&size.to_le_bytes());
+        f[o + 40..o + 48].copy_from_slice(&size.to_le_bytes());
+        f[o + 48..o + 56].copy_from_slice(&4u64.to_le_bytes());
+    };
+    ph(0, 1, code_off, u64::from(LOAD), code.len() as u64); // PT_LOAD
+    ph(1, 4, note_off, 0, note.len() as u64); // PT_NOTE
+    f[note_off as usize..note_off as usize + note.len()].copy_from_slice(&note);
+    f.extend_from_slice(&code);
+    let p = std::env::temp_dir().join(format!("kestrel-tiny-{name}-{}.elf", std::process::id()));
+    std::fs::write(&p, f).unwrap();
+    p
+}
+
+/// A unique path for a socket or file of this test process.
+pub fn temp_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("kestrel-{name}-{}", std::process::id()))
+}
+
+/// A raw QMP connection: what a strict client sees on the wire.
+pub struct Qmp {
+    pub stream: std::os::unix::net::UnixStream,
+    reader: std::io::BufReader<std::os::unix::net::UnixStream>,
+    /// Events received while waiting for replies, in order.
+    pub events: Vec<serde_json::Value>,
+    pub greeting: serde_json::Value,
+}
+
+impl Qmp {
+    /// Connects (retrying while the socket appears) and reads the greeting.
+    pub fn connect(path: &Path) -> Qmp {
+        let start = Instant::now();
+        let stream = loop {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(e) => {
+                    assert!(
+                        start.elapsed() < Duration::from_secs(20),
+                        "connect {}: {e}",
+                        path.display()
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let reader = std::io::BufReader::new(stream.try_clone().unwrap());
+        let mut q = Qmp {
+            stream,
+            reader,
+            events: Vec::new(),
+            greeting: serde_json::Value::Null,
+        };
+        q.greeting = q.read_raw();
+        q
+    }
+
+    /// Reads one message; asserts it is one line ending in CRLF.
+    pub fn read_raw(&mut self) -> serde_json::Value {
+        use std::io::BufRead;
+        let mut line = String::new();
+        let n = self.reader.read_line(&mut line).expect("read from QMP");
+        assert!(n > 0, "QMP connection closed");
+        assert!(line.ends_with("\r\n"), "message must end in CRLF: {line:?}");
+        assert!(line.is_ascii(), "wire must be ASCII: {line:?}");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad JSON from server {line:?}: {e}"))
+    }
+
+    /// Next non-event message; events are kept in `events`.
+    pub fn reply(&mut self) -> serde_json::Value {
+        loop {
+            let v = self.read_raw();
+            if v.get("event").is_some() {
+                self.events.push(v);
+            } else {
+                return v;
+            }
+        }
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    pub fn cmd(&mut self, name: &str, args: serde_json::Value) -> serde_json::Value {
+        let mut m = serde_json::json!({ "execute": name });
+        if !args.is_null() {
+            m["arguments"] = args;
+        }
+        self.send_raw(m.to_string().as_bytes());
+        self.reply()
+    }
+
+    /// Runs a command that must succeed; returns its `return`.
+    pub fn ok(&mut self, name: &str, args: serde_json::Value) -> serde_json::Value {
+        let r = self.cmd(name, args);
+        r.get("return")
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} failed: {r}"))
+    }
+
+    pub fn negotiate(&mut self) {
+        self.ok("qmp_capabilities", serde_json::Value::Null);
+    }
+
+    /// Waits for event `name` (already received or arriving), removing it from `events`.
+    pub fn event(&mut self, name: &str) -> serde_json::Value {
+        loop {
+            if let Some(i) = self.events.iter().position(|e| e["event"] == name) {
+                return self.events.remove(i);
+            }
+            let v = self.read_raw();
+            assert!(
+                v.get("event").is_some(),
+                "unexpected reply while waiting for {name}: {v}"
+            );
+            self.events.push(v);
+        }
+    }
+}

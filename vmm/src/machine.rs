@@ -1,69 +1,66 @@
-//! The machine: what outlives a single boot (configuration, chardev backends, the
-//! process-level policy of -no-reboot/-no-shutdown/-S) and the control loop that reacts
-//! to the guest and the host. A guest reset builds a fresh `Vm`.
+//! The machine: what outlives a single boot (configuration, chardev backends) and the
+//! monitor's view of it (`monitor::Machine`). The run-state policy (-S, -no-reboot,
+//! -no-shutdown, set-action) lives in the monitor's run-state machine; this type only
+//! carries out what it decides. A guest or QMP reset builds a fresh `Vm`.
 
-use std::sync::mpsc::{Receiver, Sender};
+use std::any::Any;
 use std::sync::Arc;
 
 use kvm_ioctls::Kvm;
+use monitor::machine::MachineInfo;
+use monitor::{CpuInfo, CpuInstanceProperties, KvmInfo, MachineError, MemoryInfo, ShutdownCause};
 
 use crate::chardev::Chardev;
-use crate::vcpu::VmEvent;
+use crate::fdpass::FdStore;
 use crate::vm::{Vm, VmConfig, VmError};
-use crate::ControlEvent;
+use crate::ControlSender;
 
-/// What the guest's reset and poweroff do, from the command line.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Policy {
-    pub no_reboot: bool,
-    pub no_shutdown: bool,
-    pub start_paused: bool,
-}
-
-/// How the process ends.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Ending {
-    /// Exit with this status.
-    Exit(i32),
+/// Identity the monitor reports.
+#[derive(Clone, Debug, Default)]
+pub struct Identity {
+    pub name: Option<String>,
+    pub uuid: Option<[u8; 16]>,
 }
 
 pub struct Machine {
     kvm: Kvm,
     cfg: VmConfig,
+    identity: Identity,
     serials: Vec<Arc<Chardev>>,
-    policy: Policy,
-    events_tx: Sender<ControlEvent>,
-    events: Receiver<ControlEvent>,
+    events_tx: ControlSender,
     vm: Option<Vm>,
     generation: u64,
     running: bool,
+    exit: Option<i32>,
+    fds: FdStore,
 }
 
 impl Machine {
+    /// Builds the machine with its vCPUs parked.
     pub fn new(
         cfg: VmConfig,
+        identity: Identity,
         serials: Vec<Arc<Chardev>>,
-        policy: Policy,
-        events_tx: Sender<ControlEvent>,
-        events: Receiver<ControlEvent>,
+        events_tx: ControlSender,
     ) -> Result<Machine, VmError> {
         let kvm = Kvm::new().map_err(VmError::Kvm)?;
         let mut m = Machine {
             kvm,
             cfg,
+            identity,
             serials,
-            policy,
             events_tx,
-            events,
             vm: None,
             generation: 0,
             running: false,
+            exit: None,
+            fds: FdStore::default(),
         };
-        m.boot()?;
+        m.rebuild()?;
         Ok(m)
     }
 
-    fn boot(&mut self) -> Result<(), VmError> {
+    fn rebuild(&mut self) -> Result<(), VmError> {
         // Drop the old VM (joining its vCPU threads) before building the next.
         self.vm = None;
         self.generation += 1;
@@ -77,90 +74,172 @@ impl Machine {
         Ok(())
     }
 
-    fn resume(&mut self) {
-        if let Some(vm) = &self.vm {
-            vm.resume();
-            self.running = true;
-        }
+    /// The boot that events must come from to count (older ones were reset away).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
-    fn pause(&mut self) {
+    /// The exit status the monitor asked for, if any.
+    pub fn exit_requested(&self) -> Option<i32> {
+        self.exit
+    }
+
+    /// Descriptors that arrived with the message about to be executed.
+    pub fn offer_fds(&mut self, fds: Vec<std::os::fd::OwnedFd>) {
+        self.fds.offer(fds);
+    }
+
+    /// Descriptors no command of that message claimed.
+    pub fn take_unclaimed_fds(&mut self) -> Vec<std::os::fd::OwnedFd> {
+        self.fds.take_unclaimed()
+    }
+
+    pub fn fds(&mut self) -> &mut FdStore {
+        &mut self.fds
+    }
+
+    fn vm(&self) -> Result<&Vm, MachineError> {
+        self.vm
+            .as_ref()
+            .ok_or_else(|| MachineError::Failed("the machine failed to reset and has no VM".into()))
+    }
+}
+
+fn uuid_string(u: &[u8; 16]) -> String {
+    let h: Vec<String> = u.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        h[0..4].concat(),
+        h[4..6].concat(),
+        h[6..8].concat(),
+        h[8..10].concat(),
+        h[10..16].concat()
+    )
+}
+
+impl monitor::Machine for Machine {
+    fn pause_vcpus(&mut self) -> Result<(), MachineError> {
+        self.vm()?.pause();
+        self.running = false;
+        Ok(())
+    }
+
+    fn resume_vcpus(&mut self) -> Result<(), MachineError> {
+        self.vm()?.resume();
+        self.running = true;
+        Ok(())
+    }
+
+    fn reset(&mut self, _cause: ShutdownCause) -> Result<(), MachineError> {
+        let was_running = self.running;
         if let Some(vm) = &self.vm {
             vm.pause();
         }
-        self.running = false;
+        self.rebuild()
+            .map_err(|e| MachineError::Failed(format!("reset failed: {e}")))?;
+        if was_running {
+            self.vm()?.resume();
+        }
+        Ok(())
     }
 
-    /// Runs until the machine ends; returns how.
-    pub fn run(&mut self) -> Ending {
-        if !self.policy.start_paused {
-            self.resume();
-        }
-        loop {
-            let Ok(ev) = self.events.recv() else {
-                return Ending::Exit(0);
-            };
-            match ev {
-                ControlEvent::Vm { generation, event } if generation == self.generation => {
-                    if let Some(end) = self.on_guest(event) {
-                        return end;
-                    }
-                }
-                ControlEvent::Vm { .. } => {} // from a boot that was already replaced
-                ControlEvent::Continue => {
-                    if !self.running {
-                        self.resume();
-                    }
-                }
-                ControlEvent::Quit => return Ending::Exit(0),
-                ControlEvent::Signal(sig) => {
-                    eprintln!("kestrel: terminating on signal {sig}");
-                    return Ending::Exit(0);
-                }
-            }
-        }
+    fn power_button(&mut self) -> Result<(), MachineError> {
+        self.vm()?
+            .press_power_button()
+            .map_err(|e| MachineError::Failed(format!("cannot press the power button: {e}")))
     }
 
-    fn on_guest(&mut self, event: VmEvent) -> Option<Ending> {
-        match event {
-            VmEvent::PowerOff => {
-                if self.policy.no_shutdown {
-                    // QEMU's -no-shutdown: stop the guest, keep the process for the monitor.
-                    self.pause();
-                    None
-                } else {
-                    Some(Ending::Exit(0))
-                }
-            }
-            VmEvent::Reset => {
-                if self.policy.no_reboot {
-                    return Some(Ending::Exit(0));
-                }
-                self.pause();
-                match self.boot() {
-                    Ok(()) => {
-                        self.resume();
-                        None
-                    }
-                    Err(e) => {
-                        eprintln!("kestrel: guest reset failed: {e}");
-                        Some(Ending::Exit(1))
-                    }
-                }
-            }
-            VmEvent::Fatal(msg) => {
-                eprintln!("kestrel: {msg}");
-                self.pause();
-                Some(Ending::Exit(1))
-            }
+    fn inject_nmi(&mut self) -> Result<(), MachineError> {
+        self.vm()?.inject_nmi();
+        Ok(())
+    }
+
+    fn request_exit(&mut self, status: i32) {
+        self.exit = Some(status);
+    }
+
+    fn name(&self) -> Option<String> {
+        self.identity.name.clone()
+    }
+
+    fn uuid(&self) -> String {
+        match &self.identity.uuid {
+            Some(u) => uuid_string(u),
+            None => monitor::machine::NIL_UUID.to_string(),
         }
     }
 
-    #[allow(dead_code)] // read by the QMP monitor's query-cpus-fast
-    pub fn vcpu_thread_ids(&self) -> Vec<(u8, i32)> {
+    fn kvm(&self) -> KvmInfo {
+        // Kestrel only runs on KVM: if we got this far, it is present and in use.
+        KvmInfo {
+            enabled: true,
+            present: true,
+        }
+    }
+
+    fn cpus(&self) -> Vec<CpuInfo> {
+        let threads = u32::from(self.cfg.threads_per_core.max(1));
+        let cores = u32::from(self.cfg.cores_per_socket.max(1));
         self.vm
             .as_ref()
-            .map(|v| v.vcpu_thread_ids())
+            .map(|vm| vm.vcpu_thread_ids())
             .unwrap_or_default()
+            .into_iter()
+            .map(|(i, tid)| {
+                let i = u32::from(i);
+                CpuInfo {
+                    index: i64::from(i),
+                    thread_id: i64::from(tid),
+                    qom_path: format!("/machine/unattached/device[{i}]"),
+                    props: Some(CpuInstanceProperties {
+                        socket_id: Some(i64::from(i / (threads * cores))),
+                        core_id: Some(i64::from((i / threads) % cores)),
+                        thread_id: Some(i64::from(i % threads)),
+                        ..Default::default()
+                    }),
+                }
+            })
+            .collect()
+    }
+
+    fn machine_types(&self) -> Vec<MachineInfo> {
+        vec![MachineInfo {
+            name: crate::cmdline::MACHINE_TYPE.to_string(),
+            alias: None,
+            is_default: Some(true),
+            cpu_max: i64::from(arch::mptable::MAX_CPUS),
+            hotpluggable_cpus: false,
+            numa_mem_supported: false,
+            deprecated: false,
+            default_cpu_type: Some("qemu64-x86_64-cpu".into()),
+            default_ram_id: Some("kestrel.ram".into()),
+            acpi: true,
+            compat_props: None,
+        }]
+    }
+
+    fn memory(&self) -> MemoryInfo {
+        MemoryInfo {
+            base_memory: self.cfg.mem_size,
+            plugged_memory: None,
+        }
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuid_is_formatted_8_4_4_4_12() {
+        let u = [
+            0x55, 0x0e, 0x84, 0x00, 0xe2, 0x9b, 0x41, 0xd4, 0xa7, 0x16, 0x44, 0x66, 0x55, 0x44,
+            0x00, 0x00,
+        ];
+        assert_eq!(uuid_string(&u), "550e8400-e29b-41d4-a716-446655440000");
     }
 }

@@ -2,6 +2,8 @@
 
 mod chardev;
 mod cmdline;
+mod event_loop;
+mod fdpass;
 mod machine;
 mod vcpu;
 mod vm;
@@ -14,10 +16,12 @@ use std::sync::Arc;
 
 use chardev::{Backend, Chardev};
 use cmdline::{Action, ChardevBackend, Config};
-use machine::{Ending, Machine, Policy};
+use machine::{Identity, Machine};
+use monitor::{Actions, MachineEvent, Monitor, MonitorConfig, VersionInfo};
 use vm::VmConfig;
+use vmm_sys_util::eventfd::EventFd;
 
-/// Everything the control loop hears about, from vCPU threads and host threads alike.
+/// Everything the event loop hears about from other threads: vCPUs and the signal thread.
 #[derive(Debug)]
 pub enum ControlEvent {
     /// Something the guest did, tagged with the boot it came from.
@@ -25,12 +29,36 @@ pub enum ControlEvent {
         generation: u64,
         event: vcpu::VmEvent,
     },
-    /// Start a machine created with -S (SIGUSR1 until the QMP monitor lands).
-    Continue,
     /// Ctrl-A x on the console.
     Quit,
     /// SIGTERM, SIGINT or SIGHUP.
     Signal(i32),
+}
+
+/// Sends a `ControlEvent` and wakes the event loop's epoll.
+#[derive(Clone)]
+pub struct ControlSender {
+    tx: Sender<ControlEvent>,
+    wake: Arc<EventFd>,
+}
+
+/// The event loop is gone (the process is ending).
+#[derive(Debug)]
+pub struct LoopGone;
+
+impl ControlSender {
+    pub fn send(&self, ev: ControlEvent) -> Result<(), LoopGone> {
+        self.tx.send(ev).map_err(|_| LoopGone)?;
+        let _ = self.wake.write(1);
+        Ok(())
+    }
+}
+
+/// The QMP greeting's version: the QEMU release whose QMP Kestrel follows (9.2, the
+/// spec's baseline), so clients that gate features on it see the right ones; `package`
+/// says who is really answering.
+fn qmp_version() -> VersionInfo {
+    VersionInfo::new(9, 2, 0, concat!("Kestrel ", env!("CARGO_PKG_VERSION")))
 }
 
 fn main() {
@@ -89,15 +117,20 @@ fn run(args: Vec<String>) -> Result<i32, String> {
         None => None,
     };
 
-    // Signals the control loop handles are blocked in every thread and taken by one.
+    // Signals the event loop handles are blocked in every thread and taken by one.
+    let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?);
     let (tx, rx) = channel();
+    let tx = ControlSender {
+        tx,
+        wake: wake.clone(),
+    };
     let signals = block_control_signals();
     spawn_signal_thread(signals, tx.clone())?;
     vcpu::install_kick_handler()?;
 
-    let quit_tx = std::sync::Mutex::new(tx.clone());
+    let quit_tx = tx.clone();
     let quit: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
-        let _ = quit_tx.lock().map(|t| t.send(ControlEvent::Quit));
+        let _ = quit_tx.send(ControlEvent::Quit);
     });
     let mut raw_term = None;
     let mut serials = Vec::new();
@@ -115,25 +148,57 @@ fn run(args: Vec<String>) -> Result<i32, String> {
         ));
     }
 
-    let policy = Policy {
-        no_reboot: cfg.no_reboot,
-        no_shutdown: cfg.no_shutdown,
-        start_paused: cfg.start_paused,
+    let mut mcfg = MonitorConfig::new(qmp_version());
+    mcfg.actions = Actions::from_cli(cfg.no_reboot, cfg.no_shutdown);
+    let mut mon = Monitor::new(mcfg);
+    fdpass::register(mon.registry_mut()).map_err(|e| format!("monitor setup: {e}"))?;
+
+    let fail = |daemon: Option<Daemon>, msg: String| -> Result<i32, String> {
+        if let Some(d) = daemon {
+            d.fail(&msg);
+        }
+        Err(msg)
     };
-    let mut machine = match Machine::new(vm_cfg, serials, policy, tx, rx) {
+    // Monitor endpoints first: a `wait=on` one holds startup until its client connects.
+    let mut endpoints = Vec::new();
+    for m in &cfg.monitors {
+        let Some(b) = backend(&m.backend) else {
+            continue;
+        };
+        match event_loop::open_endpoint(&b, m.pretty) {
+            Ok(ep) => endpoints.push(ep),
+            Err(e) => return fail(daemon, e),
+        }
+    }
+    let identity = Identity {
+        name: cfg.name.clone(),
+        uuid: cfg.uuid,
+    };
+    let mut machine = match Machine::new(vm_cfg, identity, serials, tx) {
         Ok(m) => m,
         Err(e) => {
             drop(raw_term);
-            if let Some(d) = daemon {
-                d.fail(&e.to_string());
-            }
-            return Err(e.to_string());
+            return fail(daemon, e.to_string());
         }
     };
+    let mut ev = match event_loop::EventLoop::new(wake) {
+        Ok(ev) => ev,
+        Err(e) => return fail(daemon, format!("event loop: {e}")),
+    };
+    for ep in endpoints {
+        if let Err(e) = ev.add_endpoint(ep, &mut mon) {
+            return fail(daemon, format!("monitor: {e}"));
+        }
+    }
+    if !cfg.start_paused {
+        if let Err(e) = mon.handle(MachineEvent::Start, &mut machine) {
+            return fail(daemon, format!("cannot start the machine: {e}"));
+        }
+    }
     if let Some(d) = daemon {
         d.ready();
     }
-    let Ending::Exit(code) = machine.run();
+    let code = ev.run(&mut machine, &mut mon, &rx);
     drop(raw_term);
     Ok(code)
 }
@@ -231,7 +296,7 @@ fn set_process_name(name: &str) {
     unsafe { libc::prctl(libc::PR_SET_NAME, b.as_ptr() as libc::c_ulong, 0, 0, 0) };
 }
 
-const CONTROL_SIGNALS: [i32; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1];
+const CONTROL_SIGNALS: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 
 fn block_control_signals() -> libc::sigset_t {
     // SAFETY: sigset manipulation on a local, then pthread_sigmask for this thread; threads
@@ -247,7 +312,7 @@ fn block_control_signals() -> libc::sigset_t {
     }
 }
 
-fn spawn_signal_thread(set: libc::sigset_t, tx: Sender<ControlEvent>) -> Result<(), String> {
+fn spawn_signal_thread(set: libc::sigset_t, tx: ControlSender) -> Result<(), String> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || loop {
@@ -256,12 +321,7 @@ fn spawn_signal_thread(set: libc::sigset_t, tx: Sender<ControlEvent>) -> Result<
             if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
                 continue;
             }
-            let ev = if sig == libc::SIGUSR1 {
-                ControlEvent::Continue
-            } else {
-                ControlEvent::Signal(sig)
-            };
-            if tx.send(ev).is_err() {
+            if tx.send(ControlEvent::Signal(sig)).is_err() {
                 return;
             }
         })

@@ -9,7 +9,6 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -18,7 +17,7 @@ use kvm_bindings::kvm_run;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
-use crate::ControlEvent;
+use crate::{ControlEvent, ControlSender};
 
 /// What the machine wants a vCPU thread to do next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +39,9 @@ enum Ack {
 struct Ctl {
     request: Request,
     ack: Ack,
+    /// An NMI to inject before the next KVM_RUN. KVM_NMI must come from the vCPU's own
+    /// thread: from another it would wait on the vCPU mutex until the guest exits.
+    nmi: bool,
 }
 
 struct Shared {
@@ -56,7 +58,6 @@ impl Shared {
 
 /// The machine's handle on one vCPU thread.
 pub struct Vcpu {
-    #[allow(dead_code)] // read by the QMP monitor's query-cpus-fast
     index: u8,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
@@ -89,7 +90,7 @@ pub struct VcpuContext {
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
     pub exit_requests: Arc<ExitRequests>,
-    pub events: Sender<ControlEvent>,
+    pub events: ControlSender,
     /// Generation of the VM this vCPU belongs to: events from an old VM (before a
     /// reset rebuilt it) are ignored by the machine.
     pub generation: u64,
@@ -102,6 +103,7 @@ impl Vcpu {
             ctl: Mutex::new(Ctl {
                 request: Request::Pause,
                 ack: Ack::Starting,
+                nmi: false,
             }),
             cv: Condvar::new(),
             tid: AtomicI32::new(0),
@@ -119,13 +121,11 @@ impl Vcpu {
         Ok(v)
     }
 
-    #[allow(dead_code)] // read by the QMP monitor's query-cpus-fast
     pub fn index(&self) -> u8 {
         self.index
     }
 
     /// The host thread id (what `query-cpus-fast` reports).
-    #[allow(dead_code)] // read by the QMP monitor's query-cpus-fast
     pub fn thread_id(&self) -> i32 {
         self.shared.tid.load(Ordering::Acquire)
     }
@@ -154,6 +154,18 @@ impl Vcpu {
         while !done(c.ack) && c.ack != Ack::Exited {
             c = self.shared.cv.wait(c).unwrap_or_else(|p| p.into_inner());
         }
+    }
+
+    /// Queues an NMI; the thread injects it before it next enters the guest (a paused
+    /// vCPU takes it when resumed, as a real CPU would on leaving its stopped state).
+    pub fn inject_nmi(&self) {
+        let mut c = self.shared.lock();
+        if c.ack == Ack::Exited {
+            return;
+        }
+        c.nmi = true;
+        drop(c);
+        self.kick();
     }
 
     /// Asks the thread to pause without waiting (see `wait_paused`).
@@ -199,6 +211,16 @@ fn run_thread(index: u8, mut fd: VcpuFd, ctx: VcpuContext, shared: Arc<Shared>) 
             loop {
                 match c.request {
                     Request::Run => {
+                        if std::mem::take(&mut c.nmi) {
+                            if let Err(e) = fd.nmi() {
+                                let _ = ctx.events.send(ControlEvent::Vm {
+                                    generation: ctx.generation,
+                                    event: VmEvent::Fatal(format!(
+                                        "vCPU {index}: KVM_NMI failed: {e}"
+                                    )),
+                                });
+                            }
+                        }
                         if c.ack != Ack::Running {
                             c.ack = Ack::Running;
                             shared.cv.notify_all();

@@ -4,13 +4,13 @@
 //! or interrupt-controller state can leak into the next.
 
 use std::path::PathBuf;
-use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
 use arch::boot::{self, BootError};
 use arch::cpuid::{self, CpuModel, CpuidConfig};
 use arch::layout;
 use arch::regs::{self, BootProtocol};
+use devices::legacy::acpi_ged::{AcpiGed, ACPI_GED_EVENT_POWER_BUTTON};
 use devices::legacy::acpi_pm::AcpiPmDevice;
 use devices::legacy::i8042::I8042Device;
 use devices::legacy::rtc::{CmosRtc, SystemClock};
@@ -25,7 +25,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::chardev::Chardev;
 use crate::vcpu::{Vcpu, VcpuContext};
-use crate::ControlEvent;
+use crate::ControlSender;
 
 /// What a boot needs to know, resolved from the command line.
 #[derive(Clone, Debug)]
@@ -103,6 +103,7 @@ pub struct Vm {
     _mem: GuestMemoryMmap,
     _pio: Arc<Bus>,
     _mmio: Arc<Bus>,
+    ged: Arc<Mutex<AcpiGed>>,
 }
 
 impl Vm {
@@ -111,7 +112,7 @@ impl Vm {
         kvm: &Kvm,
         cfg: &VmConfig,
         serial_backends: &[Arc<Chardev>],
-        events: Sender<ControlEvent>,
+        events: ControlSender,
         generation: u64,
     ) -> Result<Vm, VmError> {
         let kop = |what| move |err| VmError::KvmOp { what, err };
@@ -217,6 +218,13 @@ impl Vm {
             layout::ACPI_PM_PORT_LEN,
         )?;
 
+        let ged = Arc::new(Mutex::new(AcpiGed::new(irqfd(
+            &vm_fd,
+            layout::ACPI_GED_IRQ,
+        )?)));
+        mmio.insert(ged.clone(), layout::ACPI_GED_ADDR, layout::ACPI_GED_LEN)
+            .map_err(|e| VmError::Device(e.to_string()))?;
+
         // vCPUs.
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -262,6 +270,7 @@ impl Vm {
             _mem: mem,
             _pio: pio,
             _mmio: mmio,
+            ged,
         })
     }
 
@@ -281,7 +290,21 @@ impl Vm {
         }
     }
 
-    #[allow(dead_code)] // read by the QMP monitor's query-cpus-fast
+    /// Presses the ACPI power button (a GED event the guest's button driver reports).
+    pub fn press_power_button(&self) -> std::io::Result<()> {
+        self.ged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .notify(ACPI_GED_EVENT_POWER_BUTTON)
+    }
+
+    /// An NMI to every vCPU, as QEMU's inject-nmi does on x86.
+    pub fn inject_nmi(&self) {
+        for v in &self.vcpus {
+            v.inject_nmi();
+        }
+    }
+
     pub fn vcpu_thread_ids(&self) -> Vec<(u8, i32)> {
         self.vcpus
             .iter()

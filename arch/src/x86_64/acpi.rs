@@ -5,7 +5,8 @@
 //! [`layout::ACPI_TABLES_END`]:
 //!
 //! ```text
-//! RSDP --XSDT address--> XSDT --> FADT --X_DSDT--> DSDT (\_S5_, \_SB.COM1, RTC_, PS2K, ...)
+//! RSDP --XSDT address--> XSDT --> FADT --X_DSDT--> DSDT (\_S5_, \_SB.COM1, RTC_, PS2K,
+//!                                                      GED0, PWRB, ...)
 //!                            \--> MADT (local APICs, I/O APIC)
 //! ```
 //!
@@ -13,6 +14,10 @@
 //! through the FADT's SLEEP_CONTROL_REG and RESET_REG, one-byte ports of the ACPI PM
 //! device (see [`layout::ACPI_PM_PORT_BASE`]). The legacy devices the VMM emulates are
 //! described in the DSDT so the kernel binds its drivers to them through PNP ids.
+//!
+//! Nor is there a fixed power button: the button is a `PNP0C0C` device, `\_SB.PWRB`, that
+//! a Generic Event Device (`ACPI0013`, ACPI 6.5 section 5.6.9), `\_SB.GED0`, notifies
+//! when the VMM sets a bit in its event register and pulses its interrupt.
 //!
 //! Every table is serialised with rust-vmm's `acpi_tables`, which keeps length and
 //! checksum right as the table grows.
@@ -73,10 +78,13 @@ pub struct AcpiConfig {
     /// i8042 keyboard controller at [`layout::I8042_PORT`] (data) and +4
     /// (command/status), IRQ [`layout::I8042_IRQ`].
     pub i8042: bool,
+    /// Generic Event Device with its register at [`layout::ACPI_GED_ADDR`], IRQ
+    /// [`layout::ACPI_GED_IRQ`], and the power button it notifies.
+    pub ged: bool,
 }
 
 impl AcpiConfig {
-    /// The standard machine: COM1, the RTC and the i8042, no COM2.
+    /// The standard machine: COM1, the RTC, the i8042 and the GED, no COM2.
     pub fn new(num_cpus: u8) -> Self {
         Self {
             num_cpus,
@@ -84,6 +92,7 @@ impl AcpiConfig {
             com2: false,
             rtc: true,
             i8042: true,
+            ged: true,
         }
     }
 }
@@ -111,6 +120,9 @@ const _: () = assert!(layout::APIC_ADDR <= u32::MAX as u64);
 const _: () = assert!(layout::IOAPIC_ADDR <= u32::MAX as u64);
 const _: () = assert!(layout::ACPI_SCI_IRQ <= u16::MAX as u32);
 const _: () = assert!(layout::I8042_PORT <= u16::MAX - 4);
+// The GED register is described with 32-bit AML integers and a 32-bit field.
+const _: () = assert!(layout::ACPI_GED_ADDR + layout::ACPI_GED_LEN <= u32::MAX as u64);
+const _: () = assert!(layout::ACPI_GED_LEN == 4);
 
 /// Write the ACPI tables for `cfg` and return the RSDP's address
 /// ([`layout::RSDP_ADDR`]), which the boot protocol hands to the kernel.
@@ -284,6 +296,10 @@ fn build_dsdt(cfg: &AcpiConfig) -> Vec<u8> {
     if cfg.i8042 {
         ps2_keyboard().to_aml_bytes(&mut devices);
     }
+    if cfg.ged {
+        PowerButton.to_aml_bytes(&mut devices);
+        Ged.to_aml_bytes(&mut devices);
+    }
     if !devices.is_empty() {
         body.extend_from_slice(&aml::Scope::raw("\\_SB_".into(), devices));
     }
@@ -361,6 +377,68 @@ fn ps2_keyboard() -> IsaDevice {
         // Data port, then the command/status port 4 above it.
         io: vec![(layout::I8042_PORT, 1), (layout::I8042_PORT + 4, 1)],
         irq: layout::I8042_IRQ,
+    }
+}
+
+/// `\_SB.PWRB`: the control-method power button. Linux's ACPI button driver binds to
+/// `PNP0C0C` and reports Notify 0x80 on it as KEY_POWER.
+struct PowerButton;
+
+impl Aml for PowerButton {
+    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
+        let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C0C"));
+        let uid = aml::Name::new("_UID".into(), &aml::ZERO);
+        aml::Device::new("PWRB".into(), vec![&hid, &uid]).to_aml_bytes(sink);
+    }
+}
+
+/// The Generic Event Device. Linux's evged driver requests every interrupt in `_CRS`
+/// and runs `_EVT(gsi)` from a thread when it fires.
+struct Ged;
+
+/// Name of the 32-bit field over the GED's event register.
+const GED_FIELD: [u8; 4] = *b"GDAT";
+
+impl Aml for Ged {
+    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
+        let hid = aml::Name::new("_HID".into(), &"ACPI0013");
+        let uid = aml::Name::new("_UID".into(), &aml::ZERO);
+        // Only the interrupt: evged walks `_CRS` and fails its probe ("unable to
+        // parse the _CRS record") on any resource that is not an interrupt, so the
+        // register window is reached through the operation region alone.
+        let irq = aml::Interrupt::new(true, true, false, false, layout::ACPI_GED_IRQ);
+        let crs = aml::Name::new("_CRS".into(), &aml::ResourceTemplate::new(vec![&irq]));
+
+        let addr = layout::ACPI_GED_ADDR as u32;
+        let len = layout::ACPI_GED_LEN as u32;
+        let region =
+            aml::OpRegion::new("GREG".into(), aml::OpRegionSpace::SystemMemory, &addr, &len);
+        // DWordAcc: the device clears its pending bits only on a whole 32-bit read.
+        let field = aml::Field::new(
+            "GREG".into(),
+            aml::FieldAccessType::DWord,
+            aml::FieldLockRule::NoLock,
+            aml::FieldUpdateRule::Preserve,
+            vec![aml::FieldEntry::Named(GED_FIELD, 32)],
+        );
+
+        // Reading GDAT acknowledges every pending event, so it is read exactly once
+        // into Local0 and each event bit is tested there.
+        let events = aml::Local(0);
+        let gdat = aml::Path::new("GDAT");
+        let read = aml::Store::new(&events, &gdat);
+        let button_bit = layout::ACPI_GED_EVENT_POWER_BUTTON;
+        // And with target Zero (the null name): compute without storing.
+        let pressed = aml::And::new(&aml::ZERO, &events, &button_bit);
+        let pwrb = aml::Path::new("\\_SB_.PWRB");
+        let notify_value: u8 = 0x80; // "button pressed" for a PNP0C0C device
+        let notify = aml::Notify::new(&pwrb, &notify_value);
+        let if_pressed = aml::If::new(&pressed, vec![&notify]);
+        // Serialized: two _EVT runs must not interleave their read and their tests.
+        let evt = aml::Method::new("_EVT".into(), 1, true, vec![&read, &if_pressed]);
+
+        aml::Device::new("GED0".into(), vec![&hid, &uid, &crs, &region, &field, &evt])
+            .to_aml_bytes(sink);
     }
 }
 
@@ -589,6 +667,74 @@ mod tests {
         ));
     }
 
+    /// Where `prefix` first occurs in `dsdt`.
+    fn find(dsdt: &[u8], prefix: &[u8]) -> Option<usize> {
+        dsdt.windows(prefix.len()).position(|w| w == prefix)
+    }
+
+    /// What `_EVT` must be, byte for byte: read the event register once, then test
+    /// the copy. A second `GDAT` reference would lose events the first one cleared.
+    #[rustfmt::skip]
+    const EVT_AML: &[u8] = &[
+        0x14, 0x1f, b'_', b'E', b'V', b'T', 0x09,   // Method (_EVT, 1, Serialized), 31 bytes
+        0x70, b'G', b'D', b'A', b'T', 0x60,         //   Local0 = GDAT
+        0xa0, 0x12,                                 //   If (
+        0x7b, 0x60, 0x01, 0x00,                     //       Local0 & One)  (target: none)
+        0x86, 0x5c, 0x2e,                           //     Notify (\_SB.PWRB,
+        b'_', b'S', b'B', b'_', b'P', b'W', b'R', b'B',
+        0x0a, 0x80,                                 //             0x80)
+    ];
+
+    #[test]
+    fn ged_evt_reads_the_register_once_and_notifies_the_button() {
+        assert_eq!(
+            layout::ACPI_GED_EVENT_POWER_BUTTON,
+            1,
+            "EVT_AML tests bit 0"
+        );
+        let dsdt = tables(&AcpiConfig::new(1)).dsdt;
+        let at = find(&dsdt, EVT_AML).unwrap_or_else(|| panic!("_EVT not found in {dsdt:x?}"));
+        assert_eq!(find(&dsdt[at + EVT_AML.len()..], b"_EVT"), None);
+        // GDAT: declared once in the field list, read once in _EVT.
+        let gdat = dsdt.windows(4).filter(|w| *w == b"GDAT").count();
+        assert_eq!(gdat, 2);
+    }
+
+    #[test]
+    fn ged_crs_holds_only_its_interrupt() {
+        let dsdt = tables(&AcpiConfig::new(1)).dsdt;
+        #[rustfmt::skip]
+        let crs: &[u8] = &[
+            0x08, b'_', b'C', b'R', b'S',         // Name (_CRS,
+            0x11, 0x0e, 0x0a, 0x0b,               //   Buffer (11)
+            0x89, 0x06, 0x00, 0x03, 0x01,         //   Interrupt (Consumer, Edge, High, Exclusive)
+            10, 0, 0, 0,                          //     {10}
+            0x79, 0x00,                           //   EndTag
+        ];
+        let irq = layout::ACPI_GED_IRQ.to_le_bytes();
+        assert_eq!(&crs[14..18], &irq);
+        let hid = find(&dsdt, b"ACPI0013").unwrap();
+        let at = find(&dsdt, crs).unwrap_or_else(|| panic!("GED _CRS not found in {dsdt:x?}"));
+        assert!(at > hid, "the _CRS after ACPI0013 is the GED's");
+    }
+
+    #[test]
+    fn ged_can_be_left_out() {
+        let cfg = AcpiConfig {
+            ged: false,
+            ..AcpiConfig::new(1)
+        };
+        let dsdt = tables(&cfg).dsdt;
+        for absent in [&b"ACPI0013"[..], b"GED0", b"PWRB", b"_EVT", b"GDAT"] {
+            assert_eq!(
+                find(&dsdt, absent),
+                None,
+                "{}",
+                String::from_utf8_lossy(absent)
+            );
+        }
+    }
+
     /// Run `iasl ARGS` in `dir`; return its success and its console output.
     fn iasl(dir: &std::path::Path, args: &[&str]) -> (bool, String) {
         let out = match Command::new("iasl").args(args).current_dir(dir).output() {
@@ -637,6 +783,16 @@ mod tests {
             "0x0070",
             "0x0060",
             "0x0064",
+            "ACPI0013",
+            "PNP0C0C",
+            "Device (GED0)",
+            "Device (PWRB)",
+            "Method (_EVT, 1, Serialized)",
+            "Notify (\\_SB.PWRB, 0x80)",
+            "OperationRegion (GREG, SystemMemory, 0xFEB00000, 0x04)",
+            "Field (GREG, DWordAcc, NoLock, Preserve)",
+            "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, )",
+            "0x0000000A,",
         ] {
             assert!(dsl.contains(needle), "{needle} missing from:\n{dsl}");
         }

@@ -37,6 +37,12 @@ pub const MMIO32_END: u64 = 0x1_0000_0000;
 /// Firmware-fixed MMIO at the top of the hole.
 pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
 pub const APIC_ADDR: u64 = 0xfee0_0000;
+/// The ACPI Generic Event Device's event register (one 32-bit word of pending
+/// `ACPI_GED_EVENT_*` bits, cleared by reading it), which the DSDT's `\_SB.GED0._EVT`
+/// reads. It is firmware-fixed MMIO like the IOAPIC, just below it, so a PCI window
+/// carved from the hole must end below `ACPI_GED_ADDR`.
+pub const ACPI_GED_ADDR: u64 = 0xfeb0_0000;
+pub const ACPI_GED_LEN: u64 = 4;
 pub const HIGH_RAM_START: u64 = MMIO32_END;
 
 /// Legacy port I/O devices and their ISA interrupts.
@@ -63,6 +69,13 @@ pub const ACPI_S5_SLP_TYP: u8 = 5;
 pub const ACPI_SLP_EN: u8 = 1 << 5;
 /// SCI line for ACPI events.
 pub const ACPI_SCI_IRQ: u32 = 9;
+/// The GED's interrupt (edge, active high): an ISA line no other device uses
+/// (PIT 0, i8042 1, cascade 2, COM2 3, COM1 4, RTC 8, SCI 9), so it needs no sharing.
+pub const ACPI_GED_IRQ: u32 = 10;
+/// GED event bits. Power button: `_EVT` sends `Notify(\_SB.PWRB, 0x80)`, which the
+/// guest's ACPI button driver turns into KEY_POWER; QMP `system_powerdown` sets it.
+/// devices/src/legacy/acpi_ged.rs keeps a copy (devices does not depend on arch).
+pub const ACPI_GED_EVENT_POWER_BUTTON: u32 = 1 << 0;
 
 /// The guest RAM regions for `mem_size` bytes, skipping the 32-bit MMIO hole.
 pub fn ram_regions(mem_size: u64) -> Vec<(u64, u64)> {
@@ -114,5 +127,44 @@ mod tests {
             );
         }
         assert!(spans.last().unwrap().0 + spans.last().unwrap().1 <= HIMEM_START);
+    }
+
+    #[test]
+    fn fixed_mmio_stays_in_the_hole_and_apart() {
+        // The IOAPIC and local APIC each decode a 4 KiB page.
+        let mut spans = [
+            (ACPI_GED_ADDR, ACPI_GED_LEN),
+            (IOAPIC_ADDR, 0x1000),
+            (APIC_ADDR, 0x1000),
+        ];
+        spans.sort();
+        assert!(spans[0].0 >= MMIO32_START);
+        for w in spans.windows(2) {
+            assert!(
+                w[0].0 + w[0].1 <= w[1].0,
+                "{:x?} overlaps {:x?}",
+                w[0],
+                w[1]
+            );
+        }
+        assert!(spans[2].0 + spans[2].1 <= MMIO32_END);
+    }
+
+    #[test]
+    fn isa_irqs_are_distinct() {
+        // 0 is the PIT and 2 the PIC cascade, which no device here may take.
+        let mut irqs = [
+            0,
+            2,
+            I8042_IRQ,
+            COM2_IRQ,
+            COM1_IRQ,
+            RTC_IRQ,
+            ACPI_SCI_IRQ,
+            ACPI_GED_IRQ,
+        ];
+        irqs.sort();
+        assert!(irqs.windows(2).all(|w| w[0] < w[1]), "{irqs:?}");
+        assert!(irqs.iter().all(|&i| i < 16), "ISA lines are 0..16");
     }
 }

@@ -1,16 +1,20 @@
 //! The legacy PC devices a Linux guest needs to live: the 16550 UART (console), the
 //! i8042 controller (probe and `reboot=k`), the MC146818 CMOS RTC (wall clock) and the
-//! hardware-reduced ACPI sleep/reset registers (poweroff and reboot).
+//! hardware-reduced ACPI sleep/reset registers (poweroff and reboot), and the ACPI
+//! Generic Event Device (the power button).
 //!
-//! Each is a `BusDevice` on the port bus. They are byte-wide hardware: a wider access
-//! is split into consecutive byte accesses, as the ISA bus does, and the bytes that
-//! fall outside the device's window read as all ones (open bus) and are dropped on write.
+//! Each but the GED is a `BusDevice` on the port bus. They are byte-wide hardware: a
+//! wider access is split into consecutive byte accesses, as the ISA bus does, and the
+//! bytes that fall outside the device's window read as all ones (open bus) and are
+//! dropped on write. The GED is one 32-bit register on the MMIO bus.
 
+pub mod acpi_ged;
 pub mod acpi_pm;
 pub mod i8042;
 pub mod rtc;
 pub mod serial;
 
+pub use acpi_ged::{AcpiGed, AcpiGedState};
 pub use acpi_pm::{AcpiPmDevice, AcpiPmState};
 pub use i8042::{I8042Device, I8042State};
 pub use rtc::{Clock, CmosRtc, RtcDateTime, RtcState, SystemClock};

@@ -85,6 +85,8 @@ pub struct Config {
     pub serials: Vec<ChardevBackend>,
     /// Every `-chardev`, in command-line order; ids are unique.
     pub chardevs: Vec<Chardev>,
+    /// QMP monitors (`-qmp`, `-qmp-pretty`, `-mon mode=control`), in command-line order.
+    pub monitors: Vec<MonitorSpec>,
     pub nographic: bool,
     /// `-display none`.
     pub display_none: bool,
@@ -116,6 +118,7 @@ impl Default for Config {
             append: String::new(),
             serials: Vec::new(),
             chardevs: Vec::new(),
+            monitors: Vec::new(),
             nographic: false,
             display_none: false,
             nodefaults: false,
@@ -170,6 +173,14 @@ pub enum ChardevBackend {
 pub struct Chardev {
     pub id: String,
     pub backend: ChardevBackend,
+}
+
+/// A QMP monitor on a character device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MonitorSpec {
+    pub backend: ChardevBackend,
+    /// `pretty=on` / `-qmp-pretty`: responses pretty-printed (still one message per line end).
+    pub pretty: bool,
 }
 
 /// The only machine type.

@@ -11,7 +11,8 @@ use super::keyvalue::{self, parse_bool};
 use super::smp::parse_smp;
 use super::values::{parse_uuid, MegSize, Size};
 use super::{
-    Action, ChardevBackend, CmdlineError, Config, CpuModel, MACHINE_TYPE, MAX_SERIAL_PORTS,
+    Action, ChardevBackend, CmdlineError, Config, CpuModel, MonitorSpec, MACHINE_TYPE,
+    MAX_SERIAL_PORTS,
 };
 
 /// An option as the user typed it (`-m` or `--m`) and its argument, kept for error messages.
@@ -209,6 +210,27 @@ static OPTIONS: &[OptSpec] = &[
         handler: opt_chardev,
     },
     OptSpec {
+        name: "qmp",
+        aliases: &[],
+        arg: Some("dev"),
+        help: "a QMP monitor on dev (as -serial: unix:PATH,server=on,wait=off, tcp:HOST:PORT,..., stdio, chardev:ID)",
+        handler: |b, o| opt_qmp(b, o, false),
+    },
+    OptSpec {
+        name: "qmp-pretty",
+        aliases: &[],
+        arg: Some("dev"),
+        help: "like -qmp, with pretty-printed responses",
+        handler: |b, o| opt_qmp(b, o, true),
+    },
+    OptSpec {
+        name: "mon",
+        aliases: &[],
+        arg: Some("[chardev=]id[,mode=control][,pretty=on|off]"),
+        help: "a monitor on chardev id; Kestrel's monitors are QMP (mode=control)",
+        handler: opt_mon,
+    },
+    OptSpec {
         name: "S",
         aliases: &[],
         arg: None,
@@ -288,6 +310,8 @@ pub(super) struct Builder {
     accel_option: Option<Origin>,
     /// Whether `-machine accel=` was given.
     machine_accel: bool,
+    /// `-qmp`/`-mon`, resolved against the chardevs at the end.
+    monitors: Vec<(Origin, SerialSpec, bool)>,
 }
 
 impl Builder {
@@ -298,6 +322,7 @@ impl Builder {
             chardev_origins,
             accel_option,
             machine_accel,
+            monitors,
         } = self;
         if cfg.daemonize && cfg.nographic {
             return Err(CmdlineError::Conflict(
@@ -339,6 +364,31 @@ impl Builder {
             }
             cfg.serials.push(backend);
         }
+        for (origin, spec, pretty) in &monitors {
+            let backend = match spec {
+                SerialSpec::None => continue,
+                SerialSpec::Backend(b) => b.clone(),
+                SerialSpec::Chardev(id) => {
+                    let chardev = cfg
+                        .chardevs
+                        .iter()
+                        .find(|c| c.id == *id)
+                        .ok_or_else(|| origin.error(format!("chardev '{id}' not found")))?;
+                    if used.contains(&id.as_str()) {
+                        return Err(origin.error(format!("chardev '{id}' is already in use")));
+                    }
+                    used.push(id);
+                    chardev.backend.clone()
+                }
+            };
+            if cfg.daemonize && backend == ChardevBackend::Stdio {
+                return Err(origin.error("cannot use stdio with -daemonize"));
+            }
+            cfg.monitors.push(MonitorSpec {
+                backend,
+                pretty: *pretty,
+            });
+        }
         if serials.is_empty() && !cfg.nodefaults {
             // QEMU's default is a `vc` console; Kestrel has none, so stdio (null once
             // daemonized, as a `vc` nobody displays would be).
@@ -347,6 +397,18 @@ impl Builder {
             } else {
                 ChardevBackend::Stdio
             });
+        }
+        // One terminal cannot carry two byte streams (QEMU would need mon:stdio muxing).
+        let stdio_users = cfg
+            .serials
+            .iter()
+            .chain(cfg.monitors.iter().map(|m| &m.backend))
+            .filter(|b| **b == ChardevBackend::Stdio)
+            .count();
+        if stdio_users > 1 {
+            return Err(CmdlineError::Conflict(
+                "cannot use stdio by multiple character devices (give -serial none or -nodefaults with -qmp stdio)".into(),
+            ));
         }
         Ok(cfg)
     }
@@ -729,6 +791,50 @@ fn opt_chardev(b: &mut Builder, o: &Origin) -> Result<Flow, String> {
     Ok(Flow::Continue)
 }
 
+// ---- -qmp, -mon ----
+
+fn opt_qmp(b: &mut Builder, o: &Origin, pretty: bool) -> Result<Flow, String> {
+    let spec = parse_serial(o.arg())?;
+    if spec == SerialSpec::None {
+        return Err("a monitor needs a character device".into());
+    }
+    b.monitors.push((o.clone(), spec, pretty));
+    Ok(Flow::Continue)
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MonOpts {
+    chardev: Option<String>,
+    mode: Option<String>,
+    pretty: Option<bool>,
+}
+
+fn opt_mon(b: &mut Builder, o: &Origin) -> Result<Flow, String> {
+    let m: MonOpts = keyvalue::from_str(o.arg(), Some("chardev")).map_err(kv_err)?;
+    let id = m
+        .chardev
+        .filter(|c| !c.is_empty())
+        .ok_or("Parameter 'chardev' is missing")?;
+    match m.mode.as_deref() {
+        None | Some("control") => {}
+        Some("readline") => {
+            return Err(
+                "mode=readline (the human monitor) is not supported by Kestrel: use mode=control (QMP); \
+                 HMP commands go through QMP's human-monitor-command"
+                    .into(),
+            )
+        }
+        Some(other) => return Err(format!("Parameter 'mode' does not accept value '{other}'")),
+    }
+    b.monitors.push((
+        o.clone(),
+        SerialSpec::Chardev(id),
+        m.pretty.unwrap_or(false),
+    ));
+    Ok(Flow::Continue)
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{Accel, Chardev, Cpu, Smp};
@@ -886,6 +992,47 @@ mod tests {
                 .len(),
             4
         );
+    }
+
+    #[test]
+    fn qmp_monitors() {
+        let c = run("-qmp unix:/tmp/q.sock,server=on,wait=off -qmp-pretty tcp:127.0.0.1:4444,server,nowait \
+                     -chardev socket,id=m0,path=/tmp/m.sock,server=on,wait=off -mon chardev=m0,mode=control,pretty=on");
+        assert_eq!(c.monitors.len(), 3);
+        assert_eq!(
+            c.monitors[0],
+            MonitorSpec {
+                backend: ChardevBackend::UnixSocket {
+                    path: "/tmp/q.sock".into(),
+                    server: true,
+                    wait: false
+                },
+                pretty: false
+            }
+        );
+        assert_eq!(
+            c.monitors[1].backend,
+            ChardevBackend::TcpSocket {
+                host: "127.0.0.1".into(),
+                port: 4444,
+                server: true,
+                wait: false
+            }
+        );
+        assert!(c.monitors[1].pretty);
+        assert!(c.monitors[2].pretty);
+        let c = run("-nodefaults -qmp stdio");
+        assert_eq!(c.monitors[0].backend, ChardevBackend::Stdio);
+        assert!(err("-mon chardev=nope").contains("chardev 'nope' not found"));
+        assert!(err("-chardev null,id=x -mon x,mode=readline").contains("readline"));
+        assert!(err("-chardev null,id=x -mon x,mode=bogus").contains("bogus"));
+        assert!(err("-chardev null,id=x -serial chardev:x -mon x").contains("already in use"));
+        assert!(
+            err("-qmp stdio").contains("stdio"),
+            "default serial and -qmp both on stdio"
+        );
+        assert!(err("-mon mode=control").contains("chardev"));
+        assert!(err("-qmp none").contains("monitor"));
     }
 
     #[test]
