@@ -188,3 +188,63 @@ fn daemon_with_pidfile_and_socket_console() {
     assert!(!pidfile.exists(), "pid file removed at exit");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+fn boot_with_qmp(name: &str, extra: &[&str]) -> (Vm, common::Qmp) {
+    let g = guest();
+    let sock = common::temp_path(&format!("{name}.qmp"));
+    let qmp = format!("unix:{},server=on,wait=off", sock.display());
+    let mut args = vec!["-m", "128", "-qmp", &qmp];
+    args.extend_from_slice(extra);
+    let mut vm = Vm::boot(&g, &g.tiny, "", &args);
+    let mut q = common::Qmp::connect(&sock);
+    q.negotiate();
+    vm.wait_for("GUEST-UP", BOOT_TIMEOUT);
+    (vm, q)
+}
+
+/// QMP system_powerdown presses the ACPI power button; the guest's init powers off and
+/// Kestrel ends with status 0 after SHUTDOWN(guest-shutdown).
+#[test]
+#[ignore = "boots a guest: run by `make test`"]
+fn system_powerdown_powers_the_guest_off() {
+    let (mut vm, mut q) = boot_with_qmp("powerdown", &[]);
+    q.ok("system_powerdown", serde_json::Value::Null);
+    q.event("POWERDOWN");
+    let s = q.event("SHUTDOWN");
+    assert_eq!(
+        s["data"],
+        serde_json::json!({"guest": true, "reason": "guest-shutdown"})
+    );
+    assert_eq!(vm.wait_exit(BOOT_TIMEOUT).code(), Some(0));
+}
+
+/// Under -no-shutdown a guest poweroff stops the machine in `shutdown` instead of
+/// exiting; `system_reset` boots it again and `quit` ends it.
+#[test]
+#[ignore = "boots a guest: run by `make test`"]
+fn no_shutdown_keeps_the_machine_for_the_monitor() {
+    let (mut vm, mut q) = boot_with_qmp("noshutdown", &["-no-shutdown"]);
+    q.ok("system_powerdown", serde_json::Value::Null);
+    let s = q.event("SHUTDOWN");
+    assert_eq!(s["data"]["reason"], "guest-shutdown");
+    q.event("STOP");
+    assert_eq!(
+        q.ok("query-status", serde_json::Value::Null),
+        serde_json::json!({"running": false, "status": "shutdown"})
+    );
+    assert!(
+        vm.child.try_wait().unwrap().is_none(),
+        "still running under -no-shutdown"
+    );
+    let r = q.cmd("cont", serde_json::Value::Null);
+    assert!(
+        r.get("error").is_some(),
+        "cont from shutdown needs a reset first: {r}"
+    );
+    q.ok("system_reset", serde_json::Value::Null);
+    q.event("RESET");
+    q.ok("cont", serde_json::Value::Null);
+    vm.wait_for_count("GUEST-UP", 2, BOOT_TIMEOUT);
+    q.ok("quit", serde_json::Value::Null);
+    assert_eq!(vm.wait_exit(BOOT_TIMEOUT).code(), Some(0));
+}

@@ -489,3 +489,96 @@ impl TcpQmp {
         }
     }
 }
+
+/// `wait=on` holds the machine until a client connects; `-mon ...,pretty=on` gives
+/// indented responses; `-qmp stdio` speaks on standard input and output.
+#[test]
+fn wait_on_pretty_mon_and_stdio() {
+    use std::io::{BufRead, Read, Write};
+    let k = tiny_kernel("waiton", "TINY-WAIT\n", None);
+    let sock = temp_path("waiton.qmp");
+    let chardev = format!("socket,id=mon0,path={},server=on,wait=on", sock.display());
+    let mut vm = Vm::start(&[
+        "-nodefaults",
+        "-serial",
+        "stdio",
+        "-m",
+        "32",
+        "-kernel",
+        k.to_str().unwrap(),
+        "-chardev",
+        &chardev,
+        "-mon",
+        "chardev=mon0,mode=control,pretty=on",
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        vm.console().is_empty(),
+        "nothing runs before the monitor's client connects"
+    );
+    let start = std::time::Instant::now();
+    let mut s = loop {
+        if let Ok(s) = std::os::unix::net::UnixStream::connect(&sock) {
+            break s;
+        }
+        assert!(start.elapsed() < T);
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    vm.wait_for("TINY-WAIT", T);
+    s.set_read_timeout(Some(T)).unwrap();
+    s.write_all(br#"{"execute":"qmp_capabilities"}{"execute":"query-status","id":1}"#)
+        .unwrap();
+    let mut got = String::new();
+    let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+    while !got.contains("\"id\": 1") || !got.ends_with("}\r\n") {
+        let mut l = String::new();
+        assert!(r.read_line(&mut l).unwrap() > 0, "closed: {got}");
+        got.push_str(&l);
+    }
+    assert!(
+        got.contains("{\n    \"return\": {\n        \"running\": true,"),
+        "pretty: {got}"
+    );
+    drop(r);
+    drop(s);
+    drop(vm);
+
+    // -qmp stdio.
+    let mut child = std::process::Command::new(common::kestrel())
+        .args([
+            "-nodefaults",
+            "-S",
+            "-m",
+            "32",
+            "-kernel",
+            k.to_str().unwrap(),
+            "-qmp",
+            "stdio",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(br#"{"execute":"qmp_capabilities"}{"execute":"query-status"}{"execute":"quit"}"#)
+        .unwrap();
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let lines: Vec<&str> = out.split_terminator("\r\n").collect();
+    assert!(lines[0].starts_with("{\"QMP\""), "{out}");
+    assert_eq!(lines[1], "{\"return\": {}}");
+    assert_eq!(
+        lines[2],
+        "{\"return\": {\"running\": false, \"status\": \"prelaunch\"}}"
+    );
+    assert!(lines[3].contains("\"SHUTDOWN\""), "{out}");
+}

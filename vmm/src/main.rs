@@ -5,6 +5,7 @@ mod cmdline;
 mod event_loop;
 mod fdpass;
 mod machine;
+mod qmp_commands;
 mod vcpu;
 mod vm;
 
@@ -151,7 +152,7 @@ fn run(args: Vec<String>) -> Result<i32, String> {
     let mut mcfg = MonitorConfig::new(qmp_version());
     mcfg.actions = Actions::from_cli(cfg.no_reboot, cfg.no_shutdown);
     let mut mon = Monitor::new(mcfg);
-    fdpass::register(mon.registry_mut()).map_err(|e| format!("monitor setup: {e}"))?;
+    qmp_commands::register(mon.registry_mut()).map_err(|e| format!("monitor setup: {e}"))?;
 
     let fail = |daemon: Option<Daemon>, msg: String| -> Result<i32, String> {
         if let Some(d) = daemon {

@@ -260,3 +260,112 @@ pub fn version_text() -> String {
         env!("CARGO_PKG_VERSION")
     )
 }
+
+/// The `key=value` options and their parameters, as `query-command-line-options`
+/// reports them (QEMU's QemuOpts group names, e.g. `smp-opts` for -smp). Each list is the
+/// fields of that option's `deny_unknown_fields` struct, so the unit test below checks
+/// that every listed parameter is accepted.
+pub const OPTION_PARAMETERS: &[(&str, &[(&str, &str)])] = &[
+    ("machine", &[("type", "string"), ("accel", "string")]),
+    ("accel", &[("accel", "string")]),
+    (
+        "smp-opts",
+        &[
+            ("cpus", "number"),
+            ("sockets", "number"),
+            ("dies", "number"),
+            ("clusters", "number"),
+            ("cores", "number"),
+            ("threads", "number"),
+            ("maxcpus", "number"),
+        ],
+    ),
+    (
+        "memory",
+        &[("size", "size"), ("slots", "number"), ("maxmem", "size")],
+    ),
+    (
+        "name",
+        &[
+            ("guest", "string"),
+            ("process", "string"),
+            ("debug-threads", "boolean"),
+        ],
+    ),
+    (
+        "chardev",
+        &[
+            ("backend", "string"),
+            ("id", "string"),
+            ("path", "string"),
+            ("host", "string"),
+            ("port", "string"),
+            ("server", "boolean"),
+            ("wait", "boolean"),
+            ("append", "boolean"),
+        ],
+    ),
+    (
+        "mon",
+        &[
+            ("chardev", "string"),
+            ("mode", "string"),
+            ("pretty", "boolean"),
+        ],
+    ),
+];
+
+#[cfg(test)]
+mod option_parameter_tests {
+    use super::*;
+
+    fn accepts(line: &str) {
+        let args: Vec<String> = line.split_whitespace().map(String::from).collect();
+        if let Err(e) = parse(args) {
+            let msg = e.to_string();
+            assert!(
+                !msg.contains("unexpected") && !msg.contains("nvalid parameter"),
+                "{line}: {msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_reported_parameter_is_accepted() {
+        for (opt, params) in OPTION_PARAMETERS {
+            for (p, ty) in *params {
+                let v = match *ty {
+                    "boolean" => "on",
+                    "number" => "1",
+                    "size" => "64M",
+                    _ => "x",
+                };
+                let line = match *opt {
+                    "machine" if *p == "type" => "-machine type=kestrel".to_string(),
+                    "machine" => "-machine kestrel,accel=kvm".to_string(),
+                    "accel" => "-accel accel=kvm".to_string(),
+                    "smp-opts" => format!("-smp {p}=1"),
+                    "memory" => format!("-m {p}={v}"),
+                    "name" => format!("-name {p}={v}"),
+                    "chardev" if *p == "backend" || *p == "id" => "-chardev null,id=c".to_string(),
+                    "chardev" if *p == "append" => {
+                        "-chardev file,id=c,path=/tmp/x,append=on".to_string()
+                    }
+                    "chardev" => format!("-chardev socket,id=c,{p}={v}"),
+                    "mon" => format!(
+                        "-chardev null,id=c -mon chardev=c,{p}={}",
+                        if *p == "mode" {
+                            "control"
+                        } else if *p == "chardev" {
+                            "c"
+                        } else {
+                            v
+                        }
+                    ),
+                    other => panic!("no sample for {other}"),
+                };
+                accepts(&line);
+            }
+        }
+    }
+}

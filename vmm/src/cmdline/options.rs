@@ -234,7 +234,7 @@ static OPTIONS: &[OptSpec] = &[
         name: "S",
         aliases: &[],
         arg: None,
-        help: "do not start the vCPUs at startup (use 'cont' in the monitor)",
+        help: "do not start the vCPUs at startup (QMP `cont` starts them)",
         handler: |b, _| {
             b.cfg.start_paused = true;
             Ok(Flow::Continue)

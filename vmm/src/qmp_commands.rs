@@ -1,0 +1,94 @@
+//! QMP commands that belong to the vmm rather than the protocol crate: they need the
+//! command line's option table or host resources (see also `fdpass`).
+
+use monitor::{QmpError, Registry};
+
+use crate::cmdline::OPTION_PARAMETERS;
+
+monitor::qmp_struct! {
+    /// Arguments of `query-command-line-options`.
+    #[derive(Debug, Clone)]
+    pub struct CmdlineOptionsArgs {
+        pub option: Option<String> = "option",
+    }
+}
+
+monitor::qmp_enum! {
+    /// `CommandLineParameterType`.
+    pub enum CommandLineParameterType {
+        String = "string",
+        Boolean = "boolean",
+        Number = "number",
+        Size = "size",
+    }
+}
+
+monitor::qmp_struct! {
+    /// `CommandLineParameterInfo`.
+    #[derive(Debug, Clone)]
+    pub struct CommandLineParameterInfo {
+        pub name: String = "name",
+        pub ty: CommandLineParameterType = "type",
+        pub help: Option<String> = "help",
+        pub default: Option<String> = "default",
+    }
+}
+
+monitor::qmp_struct! {
+    /// `CommandLineOptionInfo`.
+    #[derive(Debug, Clone)]
+    pub struct CommandLineOptionInfo {
+        pub option: String = "option",
+        pub parameters: Vec<CommandLineParameterInfo> = "parameters",
+    }
+}
+
+fn option_infos(only: Option<&str>) -> Result<Vec<CommandLineOptionInfo>, QmpError> {
+    let v: Vec<CommandLineOptionInfo> = OPTION_PARAMETERS
+        .iter()
+        .filter(|(name, _)| only.is_none_or(|o| o == *name))
+        .map(|(name, params)| CommandLineOptionInfo {
+            option: name.to_string(),
+            parameters: params
+                .iter()
+                .map(|(p, ty)| CommandLineParameterInfo {
+                    name: p.to_string(),
+                    ty: CommandLineParameterType::from_wire(ty)
+                        .unwrap_or(CommandLineParameterType::String),
+                    help: None,
+                    default: None,
+                })
+                .collect(),
+        })
+        .collect();
+    match only {
+        Some(o) if v.is_empty() => Err(QmpError::generic(format!("invalid option name: {o}"))),
+        _ => Ok(v),
+    }
+}
+
+/// Registers the vmm's own commands.
+pub fn register(r: &mut Registry) -> Result<(), monitor::Error> {
+    crate::fdpass::register(r)?;
+    r.register("query-command-line-options", |_, a: CmdlineOptionsArgs| {
+        option_infos(a.option.as_deref())
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_option_or_all_or_an_error() {
+        let smp = option_infos(Some("smp-opts")).unwrap();
+        assert_eq!(smp.len(), 1);
+        assert!(smp[0].parameters.iter().any(|p| p.name == "cpus"));
+        assert_eq!(option_infos(None).unwrap().len(), OPTION_PARAMETERS.len());
+        assert_eq!(
+            option_infos(Some("bogus")).unwrap_err().desc,
+            "invalid option name: bogus"
+        );
+    }
+}
