@@ -188,6 +188,11 @@ impl Monitor {
         self.session_mut(id)?.push_input(bytes);
         loop {
             let session = self.session_mut(id)?;
+            // A session past its output bound is about to be dropped: leave the rest of
+            // its requests unrun, as QEMU drops a closed connection's queued requests.
+            if session.is_overflowed() {
+                break;
+            }
             let Some(req) = session.next_request() else {
                 break;
             };
@@ -949,6 +954,28 @@ mod tests {
         assert!(!h.mon.wants_input(h.id));
         assert!(h.mon.wants_input(other));
         assert!(h.mon.output(h.id).map(|o| o.len()).unwrap_or(usize::MAX) <= 1024);
+    }
+
+    #[test]
+    fn requests_after_an_overflow_are_not_run() {
+        let mut config = MonitorConfig::new(VersionInfo::new(9, 2, 0, ""));
+        config.max_output_bytes = 600;
+        let mut h = H::with_config(config);
+        h.mon.handle(MachineEvent::Start, &mut h.m).expect("start");
+        h.send(r#"{"execute":"qmp_capabilities"}"#);
+        h.mon
+            .receive(
+                h.id,
+                br#"{"execute":"query-qmp-schema"}{"execute":"stop"}"#,
+                &mut h.m,
+            )
+            .expect("receive");
+        assert_eq!(h.mon.overflowed_sessions(), vec![h.id]);
+        assert!(
+            h.m.calls.iter().all(|c| *c != Call::PauseVcpus),
+            "stop did not run"
+        );
+        assert_eq!(h.mon.runstate(), RunState::Running);
     }
 
     #[test]
