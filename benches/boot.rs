@@ -136,6 +136,47 @@ fn exec_to_first_kvm_run(vmm: Vmm, g: &Guest) -> f64 {
     found.unwrap_or_else(|| panic!("{vmm:?}: no KVM_RUN within 20 s"))
 }
 
+fn monotonic_ns() -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+/// Kestrel only, untraced: seconds from spawn to its own report of the first KVM_RUN
+/// (`KESTREL_TRACE_STARTUP`), both on CLOCK_MONOTONIC.
+fn kestrel_first_kvm_run_untraced(g: &Guest) -> f64 {
+    let args = argv(Vmm::Kestrel, g, false);
+    let t0 = monotonic_ns();
+    let mut c = Command::new(&args[0])
+        .args(&args[1..])
+        .env("KESTREL_TRACE_STARTUP", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(c.stderr.take().unwrap());
+    let mut line = String::new();
+    let mut found = None;
+    while std::io::BufRead::read_line(&mut err, &mut line).unwrap_or(0) > 0 {
+        if let Some(v) = line
+            .trim()
+            .strip_prefix("kestrel-startup: first-kvm-run monotonic-ns=")
+        {
+            found = v.parse::<i128>().ok();
+            break;
+        }
+        line.clear();
+    }
+    kill(c);
+    let ns = found.unwrap_or_else(|| panic!("no startup trace from kestrel"));
+    (ns - t0) as f64 / 1e9
+}
+
 /// Seconds from exec to `GUEST-UP` on the console.
 fn exec_to_marker(vmm: Vmm, g: &Guest) -> f64 {
     let args = argv(vmm, g, false);
@@ -210,7 +251,9 @@ fn main() {
     let mut marker = [Vec::new(), Vec::new()];
     let mut vmm_rss = [Vec::new(), Vec::new()];
     let mut total_rss = [Vec::new(), Vec::new()];
+    let mut untraced = Vec::new();
     for round in 0..rounds {
+        untraced.push(kestrel_first_kvm_run_untraced(&g));
         for (i, v) in vmms.iter().enumerate() {
             startup[i].push(exec_to_first_kvm_run(*v, &g));
             let (a, b) = rss(*v, &g);

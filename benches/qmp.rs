@@ -30,16 +30,40 @@ fn spawn(vmm: Vmm, sock: &std::path::Path, kernel: &std::path::Path) -> Child {
     let mut c = match vmm {
         Vmm::Kestrel => {
             let mut c = Command::new(common::kestrel());
-            c.args(["-nodefaults", "-S", "-m", "64", "-kernel", kernel.to_str().unwrap()]);
+            c.args([
+                "-nodefaults",
+                "-S",
+                "-m",
+                "64",
+                "-kernel",
+                kernel.to_str().unwrap(),
+            ]);
             c
         }
         Vmm::Qemu => {
             let mut c = Command::new("qemu-system-x86_64");
-            c.args(["-accel", "kvm", "-M", "microvm", "-cpu", "qemu64,+xsaveerptr", "-nodefaults", "-no-user-config", "-display", "none", "-S", "-m", "64"]);
+            c.args([
+                "-accel",
+                "kvm",
+                "-M",
+                "microvm",
+                "-cpu",
+                "qemu64,+xsaveerptr",
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-S",
+                "-m",
+                "64",
+            ]);
             c
         }
     };
-    c.args(["-qmp", &qmp]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    c.args(["-qmp", &qmp])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     c.spawn().unwrap()
 }
 
@@ -68,11 +92,15 @@ fn connect(sock: &std::path::Path, t0: Instant) -> (Conn, Duration) {
             }
         }
     };
-    let mut c = Conn { r: BufReader::new(s.try_clone().unwrap()), w: s };
+    let mut c = Conn {
+        r: BufReader::new(s.try_clone().unwrap()),
+        w: s,
+    };
     let g = c.line();
     let ready = t0.elapsed();
     assert!(g.contains("QMP"), "{g}");
-    c.w.write_all(b"{\"execute\":\"qmp_capabilities\"}").unwrap();
+    c.w.write_all(b"{\"execute\":\"qmp_capabilities\"}")
+        .unwrap();
     assert!(c.line().contains("return"));
     (c, ready)
 }
@@ -91,7 +119,10 @@ fn round_trips(c: &mut Conn, depth: usize) -> (f64, f64, f64) {
     }
     for done in 0..REQUESTS {
         let l = c.line();
-        assert!(l.contains(&format!("\"id\": {done}}}")), "out of order or failed: {l}");
+        assert!(
+            l.contains(&format!("\"id\": {done}}}")),
+            "out of order or failed: {l}"
+        );
         lat.push(sent_at[done].elapsed().as_secs_f64() * 1e6);
         if next < REQUESTS {
             sent_at[next] = Instant::now();
@@ -110,7 +141,10 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn main() {
-    let rounds: usize = std::env::var("KESTREL_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let rounds: usize = std::env::var("KESTREL_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
     let kernel = common::tiny_kernel("bench", "", None);
     // [vmm][measure] samples: ready ms, seq rate, seq p50, seq p99, 8-deep rate, 8-deep p50, 8-deep p99
     let mut s: [[Vec<f64>; 7]; 2] = Default::default();
@@ -125,7 +159,18 @@ fn main() {
             let (r8, p50_8, p99_8) = round_trips(&mut c, 8);
             let _ = child.kill();
             let _ = child.wait();
-            for (k, v) in [ready.as_secs_f64() * 1e3, r1, p50_1, p99_1, r8, p50_8, p99_8].into_iter().enumerate() {
+            for (k, v) in [
+                ready.as_secs_f64() * 1e3,
+                r1,
+                p50_1,
+                p99_1,
+                r8,
+                p50_8,
+                p99_8,
+            ]
+            .into_iter()
+            .enumerate()
+            {
                 s[i][k].push(v);
             }
             eprintln!(
@@ -134,7 +179,10 @@ fn main() {
             );
         }
     }
-    let m: Vec<Vec<f64>> = s.iter_mut().map(|v| v.iter_mut().map(|x| median(x)).collect()).collect();
+    let m: Vec<Vec<f64>> = s
+        .iter_mut()
+        .map(|v| v.iter_mut().map(|x| median(x)).collect())
+        .collect();
     println!("medians of {rounds} alternating rounds, {REQUESTS} query-status requests each, both VMMs paused (-S)");
     println!("| measure | Kestrel | QEMU 7.2 | Kestrel/QEMU |");
     println!("|---|---|---|---|");
@@ -148,6 +196,11 @@ fn main() {
         ("8 in flight latency p99", "µs"),
     ];
     for (k, (name, unit)) in names.iter().enumerate() {
-        println!("| {name} | {:.1} {unit} | {:.1} {unit} | {:.2}x |", m[0][k], m[1][k], m[0][k] / m[1][k]);
+        println!(
+            "| {name} | {:.1} {unit} | {:.1} {unit} | {:.2}x |",
+            m[0][k],
+            m[1][k],
+            m[0][k] / m[1][k]
+        );
     }
 }
