@@ -22,11 +22,8 @@ export KESTREL_PYTHON := $(KESTREL_CACHE)/venv/bin/python3
 MEM ?= 256
 SMP ?= 2
 APPEND ?=
-# The QMP socket of `make run`. Kestrel has no -qmp option yet: switch it on when
-# it has, by setting the default to
-#   QMP ?= -qmp unix:/tmp/kestrel-qmp.sock,server=on,wait=off
-# (or today: make run QMP='-qmp unix:/tmp/kestrel-qmp.sock,server=on,wait=off').
-QMP ?=
+# The QMP socket of `make run` (qmp-shell /tmp/kestrel-qmp.sock, or any QMP client).
+QMP ?= -qmp unix:/tmp/kestrel-qmp.sock,server=on,wait=off
 
 # Every recipe runs its steps in order; cargo and the kernel build use both cores themselves.
 .NOTPARALLEL:

@@ -281,6 +281,8 @@ fn main() {
         "| exec to first KVM_RUN (strace) | {s0:.1} ms | {s1:.1} ms | {:.2}x |",
         s0 / s1
     );
+    let u = median(&mut untraced) * 1e3;
+    println!("| spawn to first KVM_RUN, untraced (Kestrel's own KESTREL_TRACE_STARTUP report) | {u:.1} ms | - | - |");
     println!(
         "| exec to guest marker | {m0:.2} s | {m1:.2} s | {:.2}x |",
         m0 / m1

@@ -405,6 +405,12 @@ fn human_monitor_command() {
         .unwrap()
         .starts_with("9.2.0"));
     assert_eq!(hmp(&mut q, "bogus"), "unknown command: 'bogus'\r\n");
+    let regs = hmp(&mut q, "info registers");
+    let regs = regs.as_str().unwrap();
+    // The tiny guest was never started: vCPU 0 sits at its PVH entry, 32-bit protected mode.
+    assert!(regs.starts_with("RAX="), "{regs}");
+    assert!(regs.contains("RIP=0000000000100000 "), "{regs}");
+    assert!(regs.contains("CR0=00000011 "), "{regs}");
     assert_eq!(hmp(&mut q, "cont"), "");
     q.event("RESUME");
     assert_eq!(hmp(&mut q, "stop"), "");

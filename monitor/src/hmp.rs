@@ -112,6 +112,12 @@ const INFO: &[Cmd] = &[
         run: Some(info_name),
     },
     Cmd {
+        name: "registers",
+        params: "",
+        help: "show the cpu registers",
+        run: Some(info_registers),
+    },
+    Cmd {
         name: "status",
         params: "",
         help: "show the current VM status (running|paused)",
@@ -155,12 +161,24 @@ fn info_version(
     out: &mut String,
 ) -> Result<(), QmpError> {
     let v = ctx.version;
-    // QEMU glues the package string right after the version.
-    let _ = writeln!(
-        out,
-        "{}.{}.{}{}",
-        v.qemu.major, v.qemu.minor, v.qemu.micro, v.package
-    );
+    // QEMU prints its package string in parentheses after the version, when it has one.
+    let _ = write!(out, "{}.{}.{}", v.qemu.major, v.qemu.minor, v.qemu.micro);
+    if !v.package.is_empty() {
+        let _ = write!(out, " ({})", v.package);
+    }
+    out.push('\n');
+    Ok(())
+}
+
+fn info_registers(
+    ctx: &mut CommandContext<'_>,
+    cpu: Option<i64>,
+    out: &mut String,
+) -> Result<(), QmpError> {
+    // The monitor's current CPU: cpu-index if given, else the first.
+    let index = cpu.unwrap_or(0);
+    let text = ctx.machine.cpu_registers(index).map_err(QmpError::from)?;
+    out.push_str(&text);
     Ok(())
 }
 

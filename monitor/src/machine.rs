@@ -241,6 +241,11 @@ pub trait Machine {
     fn wakeup(&mut self) -> Result<(), MachineError> {
         Err(MachineError::Unsupported)
     }
+    /// The register dump of HMP `info registers` for vCPU `cpu_index`, in QEMU's layout.
+    fn cpu_registers(&mut self, cpu_index: i64) -> Result<String, MachineError> {
+        let _ = cpu_index;
+        Err(MachineError::Unsupported)
+    }
     /// Watchdog action `debug`: QEMU prints this on stderr and does nothing else.
     fn watchdog_debug(&mut self) {
         eprintln!("watchdog: timer fired");

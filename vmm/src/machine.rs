@@ -154,6 +154,12 @@ impl monitor::Machine for Machine {
         Ok(())
     }
 
+    fn cpu_registers(&mut self, cpu_index: i64) -> Result<String, MachineError> {
+        let i = usize::try_from(cpu_index)
+            .map_err(|_| MachineError::Failed(format!("CPU {cpu_index} does not exist")))?;
+        self.vm()?.registers(i).map_err(MachineError::Failed)
+    }
+
     fn request_exit(&mut self, status: i32) {
         self.exit = Some(status);
     }

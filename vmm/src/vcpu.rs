@@ -42,6 +42,10 @@ struct Ctl {
     /// An NMI to inject before the next KVM_RUN. KVM_NMI must come from the vCPU's own
     /// thread: from another it would wait on the vCPU mutex until the guest exits.
     nmi: bool,
+    /// A register dump is wanted (HMP `info registers`); the thread answers in `regs`,
+    /// since KVM_GET_REGS has the same own-thread rule.
+    regs_wanted: bool,
+    regs: Option<Result<String, String>>,
 }
 
 struct Shared {
@@ -104,6 +108,8 @@ impl Vcpu {
                 request: Request::Pause,
                 ack: Ack::Starting,
                 nmi: false,
+                regs_wanted: false,
+                regs: None,
             }),
             cv: Condvar::new(),
             tid: AtomicI32::new(0),
@@ -173,6 +179,39 @@ impl Vcpu {
         self.kick();
     }
 
+    /// The vCPU's registers as HMP prints them, read by the vCPU thread itself (it leaves
+    /// the guest for a moment if it was running).
+    pub fn registers(&self) -> Result<String, String> {
+        let mut c = self.shared.lock();
+        if c.ack == Ack::Exited {
+            return Err(format!("vCPU {} has exited", self.index));
+        }
+        c.regs_wanted = true;
+        c.regs = None;
+        let running = c.ack == Ack::Running;
+        self.shared.cv.notify_all();
+        if running {
+            self.kick();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            if let Some(r) = c.regs.take() {
+                return r;
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline || c.ack == Ack::Exited {
+                c.regs_wanted = false;
+                return Err(format!("vCPU {} did not answer", self.index));
+            }
+            c = self
+                .shared
+                .cv
+                .wait_timeout(c, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
     /// Asks the thread to pause without waiting (see `wait_paused`).
     pub fn request_pause(&self) {
         self.post(Request::Pause);
@@ -215,6 +254,10 @@ fn run_thread(index: u8, mut fd: VcpuFd, ctx: VcpuContext, shared: Arc<Shared>) 
         {
             let mut c = shared.lock();
             loop {
+                if std::mem::take(&mut c.regs_wanted) {
+                    c.regs = Some(dump_registers(&fd));
+                    shared.cv.notify_all();
+                }
                 match c.request {
                     Request::Run => {
                         if std::mem::take(&mut c.nmi) {
@@ -294,6 +337,12 @@ fn run_thread(index: u8, mut fd: VcpuFd, ctx: VcpuContext, shared: Arc<Shared>) 
             reported = false;
         }
     }
+}
+
+fn dump_registers(fd: &VcpuFd) -> Result<String, String> {
+    let r = fd.get_regs().map_err(|e| format!("KVM_GET_REGS: {e}"))?;
+    let s = fd.get_sregs().map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
+    Ok(arch::regs::format_registers(&r, &s))
 }
 
 /// With `KESTREL_TRACE_STARTUP` set, prints when vCPU 0 first enters the guest, as

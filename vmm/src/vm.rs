@@ -305,6 +305,14 @@ impl Vm {
         }
     }
 
+    /// HMP `info registers` for one vCPU.
+    pub fn registers(&self, index: usize) -> Result<String, String> {
+        self.vcpus
+            .get(index)
+            .ok_or_else(|| format!("CPU {index} does not exist"))?
+            .registers()
+    }
+
     pub fn vcpu_thread_ids(&self) -> Vec<(u8, i32)> {
         self.vcpus
             .iter()

@@ -332,3 +332,109 @@ mod tests {
         assert_eq!(def.data, 0x806);
     }
 }
+
+/// The register dump of HMP `info registers`, laid out as QEMU's x86 `cpu_dump_state`
+/// (the general, segment, descriptor-table and control registers).
+pub fn format_registers(r: &kvm_regs, s: &kvm_sregs) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "RAX={:016x} RBX={:016x} RCX={:016x} RDX={:016x}",
+        r.rax, r.rbx, r.rcx, r.rdx
+    );
+    let _ = writeln!(
+        o,
+        "RSI={:016x} RDI={:016x} RBP={:016x} RSP={:016x}",
+        r.rsi, r.rdi, r.rbp, r.rsp
+    );
+    let _ = writeln!(
+        o,
+        "R8 ={:016x} R9 ={:016x} R10={:016x} R11={:016x}",
+        r.r8, r.r9, r.r10, r.r11
+    );
+    let _ = writeln!(
+        o,
+        "R12={:016x} R13={:016x} R14={:016x} R15={:016x}",
+        r.r12, r.r13, r.r14, r.r15
+    );
+    let f = r.rflags;
+    let flag = |bit: u32, c: char| if f & (1 << bit) != 0 { c } else { '-' };
+    let _ = writeln!(
+        o,
+        "RIP={:016x} RFL={:08x} [{}{}{}{}{}{}{}] CPL={}",
+        r.rip,
+        f,
+        flag(11, 'O'),
+        flag(10, 'D'),
+        flag(7, 'S'),
+        flag(6, 'Z'),
+        flag(4, 'A'),
+        flag(2, 'P'),
+        flag(0, 'C'),
+        s.cs.dpl
+    );
+    let seg = |o: &mut String, name: &str, g: &kvm_segment| {
+        // QEMU prints the descriptor flags word: type, S, DPL, P, AVL, L, DB, G.
+        let flags = (u32::from(g.type_) << 8)
+            | (u32::from(g.s) << 12)
+            | (u32::from(g.dpl) << 13)
+            | (u32::from(g.present) << 15)
+            | (u32::from(g.avl) << 20)
+            | (u32::from(g.l) << 21)
+            | (u32::from(g.db) << 22)
+            | (u32::from(g.g) << 23);
+        let _ = writeln!(
+            o,
+            "{name}={:04x} {:016x} {:08x} {:08x}",
+            g.selector, g.base, g.limit, flags
+        );
+    };
+    seg(&mut o, "ES ", &s.es);
+    seg(&mut o, "CS ", &s.cs);
+    seg(&mut o, "SS ", &s.ss);
+    seg(&mut o, "DS ", &s.ds);
+    seg(&mut o, "FS ", &s.fs);
+    seg(&mut o, "GS ", &s.gs);
+    seg(&mut o, "LDT", &s.ldt);
+    seg(&mut o, "TR ", &s.tr);
+    let _ = writeln!(o, "GDT=     {:016x} {:08x}", s.gdt.base, s.gdt.limit);
+    let _ = writeln!(o, "IDT=     {:016x} {:08x}", s.idt.base, s.idt.limit);
+    let _ = writeln!(
+        o,
+        "CR0={:08x} CR2={:016x} CR3={:016x} CR4={:08x}",
+        s.cr0, s.cr2, s.cr3, s.cr4
+    );
+    let _ = writeln!(o, "EFER={:016x}", s.efer);
+    o
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+
+    #[test]
+    fn register_dump_has_qemus_layout() {
+        let r = boot_regs(BootProtocol::Linux64, 0x100_0200, layout::ZERO_PAGE_ADDR);
+        let s = boot_sregs(kvm_sregs::default(), BootProtocol::Linux64);
+        let d = format_registers(&r, &s);
+        let lines: Vec<&str> = d.lines().collect();
+        assert_eq!(
+            lines[0],
+            "RAX=0000000000000000 RBX=0000000000000000 RCX=0000000000000000 RDX=0000000000000000"
+        );
+        assert!(
+            lines[1].starts_with("RSI=0000000000007000 "),
+            "{}",
+            lines[1]
+        );
+        assert_eq!(
+            lines[4],
+            "RIP=0000000001000200 RFL=00000002 [-------] CPL=0"
+        );
+        assert_eq!(lines[6], "CS =0008 0000000000000000 ffffffff 00a09b00");
+        assert!(d.contains("CR0=80000011 "), "{d}");
+        assert!(d.contains("EFER=0000000000000500"), "{d}");
+        assert_eq!(lines.len(), 17);
+    }
+}
