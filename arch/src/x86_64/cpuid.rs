@@ -217,83 +217,147 @@ fn id_bits(n: u32) -> u32 {
     }
 }
 
-/// Applies the VMM's adjustments to KVM's supported CPUID for one vCPU.
-pub fn filter(cpuid: &mut CpuId, cfg: &CpuidConfig) {
-    let apic_id = u32::from(cfg.cpu_index);
-    let threads = u32::from(cfg.threads_per_core.max(1));
-    let cores = u32::from(cfg.cores_per_socket.max(1));
-    let smt_bits = id_bits(threads);
-    let core_bits = id_bits(cores);
-    let logical_per_pkg = threads * cores;
+/// The topology one vCPU reports, derived once from its `CpuidConfig`.
+struct Topo {
+    apic_id: u32,
+    threads: u32,
+    cores: u32,
+}
 
+impl Topo {
+    fn logical_per_pkg(&self) -> u32 {
+        self.threads * self.cores
+    }
+}
+
+/// One adjustment of KVM's supported CPUID: which leaves, why, and what it does.
+struct Adjustment {
+    leaves: &'static [u32],
+    reason: &'static str,
+    apply: fn(&mut kvm_cpuid_entry2, &Topo),
+}
+
+/// Every change Kestrel makes to what KVM reports, in one table.
+const ADJUSTMENTS: &[Adjustment] = &[
+    Adjustment {
+        leaves: &[1],
+        reason: "EBX carries the initial APIC id, the logical CPUs per package and the CLFLUSH \
+                 size; the kernel numbers CPUs by these. HTT tells it to trust the count.",
+        apply: |e, t| {
+            e.ebx = (t.apic_id << 24) | (t.logical_per_pkg().min(255) << 16) | (8 << 8);
+            set_bit(e, Reg::Edx, 28, t.logical_per_pkg() > 1);
+        },
+    },
+    Adjustment {
+        leaves: &[1],
+        reason: "The hypervisor bit: the guest runs on a hypervisor and may use kvmclock and \
+                 its paravirtual features.",
+        apply: |e, _| set_bit(e, Reg::Ecx, 31, true),
+    },
+    Adjustment {
+        leaves: &[1],
+        reason: "TSC-deadline timer: KVM's in-kernel LAPIC emulates it even where the host \
+                 does not report it.",
+        apply: |e, _| set_bit(e, Reg::Ecx, 24, true),
+    },
+    Adjustment {
+        leaves: &[4],
+        reason: "Cache topology: cores per package, and how many threads share each cache \
+                 level, must match -smp.",
+        apply: |e, t| {
+            let level = (e.eax >> 5) & 7;
+            let sharing = if level >= 3 {
+                t.logical_per_pkg()
+            } else {
+                t.threads
+            };
+            e.eax &= 0x3ff;
+            if e.eax & 0x1f != 0 {
+                e.eax |= ((t.cores - 1) << 26) | ((sharing - 1) << 14);
+            }
+        },
+    },
+    Adjustment {
+        leaves: &[6],
+        reason: "No thermal or power-management interface is emulated; keep only the \
+                 APERF/MPERF bit, which KVM decides.",
+        apply: |e, _| {
+            e.eax = 0;
+            e.ecx &= 1;
+        },
+    },
+    Adjustment {
+        leaves: &[0xa],
+        reason: "No PMU is set up for the guest; a guest probing one would only waste exits.",
+        apply: |e, _| {
+            e.eax = 0;
+            e.ebx = 0;
+            e.ecx = 0;
+            e.edx = 0;
+        },
+    },
+    Adjustment {
+        leaves: &[0xb, 0x1f],
+        reason: "Extended topology: level 0 is SMT, level 1 is core, EDX is the x2APIC id; \
+                 must match -smp and the APIC ids of the MADT and MP table.",
+        apply: |e, t| {
+            let smt_bits = id_bits(t.threads);
+            e.edx = t.apic_id;
+            match e.index {
+                0 => {
+                    e.eax = smt_bits;
+                    e.ebx = t.threads;
+                    e.ecx = 1 << 8;
+                }
+                1 => {
+                    e.eax = smt_bits + id_bits(t.cores);
+                    e.ebx = t.logical_per_pkg();
+                    e.ecx = 2 << 8;
+                }
+                _ => {
+                    e.eax = 0;
+                    e.ebx = 0;
+                    e.ecx = e.index;
+                }
+            }
+            e.ecx |= e.index & 0xff;
+        },
+    },
+    Adjustment {
+        leaves: &[0x4000_0000],
+        reason: "Identify as KVM (\"KVMKVMKVM\") so the guest uses kvmclock and KVM's \
+                 paravirtual features.",
+        apply: |e, _| {
+            e.ebx = KVM_SIGNATURE[0];
+            e.ecx = KVM_SIGNATURE[1];
+            e.edx = KVM_SIGNATURE[2];
+        },
+    },
+    Adjustment {
+        leaves: &[0x8000_0008],
+        reason: "XSAVEERPTR: without it Linux runs an AMD FXSAVE-leak workaround (FNCLEX, \
+                 EMMS) that instruction emulators lack; KVM's FPU handling does not leak.",
+        apply: |e, _| set_bit(e, Reg::Ebx, 2, true),
+    },
+];
+
+/// The adjustment table, for documentation and tests: (leaves, reason).
+pub fn adjustments() -> impl Iterator<Item = (&'static [u32], &'static str)> {
+    ADJUSTMENTS.iter().map(|a| (a.leaves, a.reason))
+}
+
+/// Applies the VMM's adjustments to KVM's supported CPUID for one vCPU: the table above,
+/// then the `-cpu` model, then the `-cpu` flags.
+pub fn filter(cpuid: &mut CpuId, cfg: &CpuidConfig) {
+    let topo = Topo {
+        apic_id: u32::from(cfg.cpu_index),
+        threads: u32::from(cfg.threads_per_core.max(1)),
+        cores: u32::from(cfg.cores_per_socket.max(1)),
+    };
     for e in cpuid.as_mut_slice().iter_mut() {
-        match e.function {
-            1 => {
-                // EBX[31:24] initial APIC id, [23:16] logical processors per package,
-                // [15:8] CLFLUSH line size in quadwords: the kernel numbers CPUs by these.
-                e.ebx = (apic_id << 24) | ((logical_per_pkg.min(255)) << 16) | (8 << 8);
-                // HTT tells the kernel to trust EBX[23:16]; needed for more than one CPU a package.
-                set_bit(e, Reg::Edx, 28, logical_per_pkg > 1);
-                // The guest runs on a hypervisor: lets it use kvmclock and PV features.
-                set_bit(e, Reg::Ecx, 31, true);
-                // TSC-deadline is emulated by KVM's in-kernel LAPIC even where not reported.
-                set_bit(e, Reg::Ecx, 24, true);
-            }
-            4 => {
-                // Cache topology: cores per package and threads sharing each cache.
-                let level = (e.eax >> 5) & 7;
-                let sharing = if level >= 3 { logical_per_pkg } else { threads };
-                e.eax &= 0x3ff;
-                if e.eax & 0x1f != 0 {
-                    e.eax |= ((cores - 1) << 26) | ((sharing - 1) << 14);
-                }
-            }
-            6 => {
-                // No thermal/power management interface is emulated.
-                e.eax = 0;
-                e.ecx &= 1; // keep only APERF/MPERF hint bit, which KVM decides
-            }
-            0xa => {
-                // No PMU: KVM's vPMU is not set up, and a guest probing it wastes exits.
-                e.eax = 0;
-                e.ebx = 0;
-                e.ecx = 0;
-                e.edx = 0;
-            }
-            0xb | 0x1f => {
-                // Extended topology: level 0 = SMT, level 1 = core; EDX = x2APIC id.
-                e.edx = apic_id;
-                match e.index {
-                    0 => {
-                        e.eax = smt_bits;
-                        e.ebx = threads;
-                        e.ecx = 1 << 8;
-                    }
-                    1 => {
-                        e.eax = smt_bits + core_bits;
-                        e.ebx = logical_per_pkg;
-                        e.ecx = 2 << 8;
-                    }
-                    _ => {
-                        e.eax = 0;
-                        e.ebx = 0;
-                        e.ecx = e.index;
-                    }
-                }
-                e.ecx |= e.index & 0xff;
-            }
-            0x4000_0000 => {
-                // Identify as KVM so the guest uses its paravirtual clock and features.
-                e.ebx = KVM_SIGNATURE[0];
-                e.ecx = KVM_SIGNATURE[1];
-                e.edx = KVM_SIGNATURE[2];
-            }
-            0x8000_0008 => {
-                // Guests with the AMD FXSAVE leak workaround skip FNCLEX/EMMS when this is
-                // set; Kestrel's own FPU state handling (KVM's) does not leak.
-                set_bit(e, Reg::Ebx, 2, true);
-            }
-            _ => {}
+        let leaf = e.function;
+        for a in ADJUSTMENTS.iter().filter(|a| a.leaves.contains(&leaf)) {
+            (a.apply)(e, &topo);
         }
     }
 
@@ -426,6 +490,14 @@ mod tests {
             CpuidError::UnknownFeature("warp-drive".into())
         );
         assert!(feature("lahf_lm").is_some());
+    }
+
+    #[test]
+    fn every_adjustment_says_why() {
+        for (leaves, reason) in adjustments() {
+            assert!(!leaves.is_empty());
+            assert!(reason.len() > 30, "{leaves:x?}: {reason}");
+        }
     }
 
     #[test]
