@@ -4,6 +4,7 @@
 //! migration can save and restore it.
 
 pub mod bus;
+pub mod virtio;
 pub mod legacy;
 
 pub use bus::{Bus, BusDevice, BusError, SharedDevice};
