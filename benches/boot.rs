@@ -131,7 +131,18 @@ fn exec_to_first_kvm_run(vmm: Vmm, g: &Guest) -> f64 {
             found = Some(r - e);
         }
     }
+    // Killing strace detaches its tracee, which would run on: kill the VMM itself too
+    // (its pid starts the execve line of the trace).
+    let t = std::fs::read_to_string(&trace).unwrap_or_default();
+    let traced: Option<i32> = t
+        .lines()
+        .find(|l| l.contains("execve("))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok());
     kill(c);
+    if let Some(pid) = traced {
+        // SAFETY: kill(2) on a pid we started; at worst it has exited already.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
     let _ = std::fs::remove_file(&trace);
     found.unwrap_or_else(|| panic!("{vmm:?}: no KVM_RUN within 20 s"))
 }
