@@ -4,6 +4,7 @@
 //! migration can save and restore it.
 
 pub mod bus;
+pub mod pci;
 pub mod virtio;
 pub mod legacy;
 

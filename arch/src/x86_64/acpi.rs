@@ -1,4 +1,5 @@
-//! The ACPI tables of a hardware-reduced x86 platform: RSDP, XSDT, FADT, DSDT and MADT.
+//! The ACPI tables of a hardware-reduced x86 platform: RSDP, XSDT, FADT, DSDT, MADT and,
+//! with PCI, MCFG.
 //!
 //! The guest finds the RSDP by scanning the BIOS area, at [`layout::RSDP_ADDR`]; the other
 //! tables are packed from [`layout::ACPI_TABLES_START`] and must end by
@@ -6,9 +7,17 @@
 //!
 //! ```text
 //! RSDP --XSDT address--> XSDT --> FADT --X_DSDT--> DSDT (\_S5_, \_SB.COM1, RTC_, PS2K,
-//!                                                      GED0, PWRB, ...)
+//!                                                      GED0, PWRB, PCI0, MBRD, ...)
 //!                            \--> MADT (local APICs, I/O APIC)
+//!                            \--> MCFG (ECAM of PCI segment 0)
 //! ```
+//!
+//! PCI is one root bus, `\_SB.PCI0` (`PNP0A08`, PCI Express root, compatible with
+//! `PNP0A03`): its `_CRS` gives bus 0, the 0xcf8 configuration ports, the I/O window and
+//! the 32-bit memory window of [`layout`]; its `_PRT` wires every slot's INTA-D to
+//! the IOAPIC GSIs of [`layout::pci_intx_gsi`]. The ECAM window the MCFG points at is
+//! reserved by a motherboard-resources device, `\_SB.MBRD` (`PNP0C02`): Linux ignores
+//! an MCFG region that no such device (or E820 entry) reserves.
 //!
 //! "Hardware-reduced" means there is no PM1/GPE fixed hardware: power-off and reset go
 //! through the FADT's SLEEP_CONTROL_REG and RESET_REG, one-byte ports of the ACPI PM
@@ -28,6 +37,7 @@ use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::madt::{
     EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
 };
+use acpi_tables::mcfg::MCFG;
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
@@ -81,10 +91,14 @@ pub struct AcpiConfig {
     /// Generic Event Device with its register at [`layout::ACPI_GED_ADDR`], IRQ
     /// [`layout::ACPI_GED_IRQ`], and the power button it notifies.
     pub ged: bool,
+    /// The PCI root bus: `\_SB.PCI0`, the MCFG and the ECAM reservation. The machine
+    /// must then answer configuration cycles at [`layout::PCI_CONFIG_IO_PORT`] and in
+    /// the ECAM window, and raise INTx on the GSIs of [`layout::pci_intx_gsi`].
+    pub pci: bool,
 }
 
 impl AcpiConfig {
-    /// The standard machine: COM1, the RTC, the i8042 and the GED, no COM2.
+    /// The standard machine: COM1, the RTC, the i8042, the GED and PCI, no COM2.
     pub fn new(num_cpus: u8) -> Self {
         Self {
             num_cpus,
@@ -93,6 +107,7 @@ impl AcpiConfig {
             rtc: true,
             i8042: true,
             ged: true,
+            pci: true,
         }
     }
 }
@@ -123,6 +138,11 @@ const _: () = assert!(layout::I8042_PORT <= u16::MAX - 4);
 // The GED register is described with 32-bit AML integers and a 32-bit field.
 const _: () = assert!(layout::ACPI_GED_ADDR + layout::ACPI_GED_LEN <= u32::MAX as u64);
 const _: () = assert!(layout::ACPI_GED_LEN == 4);
+// The PCI windows are described with 32-bit AML integers and word I/O descriptors.
+const _: () = assert!(layout::PCI_ECAM_START + layout::PCI_ECAM_SIZE <= u32::MAX as u64 + 1);
+const _: () = assert!(layout::PCI_MMIO32_END <= u32::MAX as u64 + 1);
+const _: () = assert!(layout::PCI_IO_END <= u16::MAX as u64 + 1);
+const _: () = assert!(layout::PCI_ECAM_BUSES >= 1);
 
 /// Write the ACPI tables for `cfg` and return the RSDP's address
 /// ([`layout::RSDP_ADDR`]), which the boot protocol hands to the kernel.
@@ -142,11 +162,18 @@ pub fn create_acpi_tables<M: GuestMemory>(
     let dsdt_addr = space.place(mem, "DSDT", &build_dsdt(cfg))?;
     let fadt_addr = space.place(mem, "FADT", &build_fadt(cfg, dsdt_addr))?;
     let madt_addr = space.place(mem, "MADT", &build_madt(cfg.num_cpus))?;
+    let mcfg_addr = match cfg.pci {
+        true => Some(space.place(mem, "MCFG", &build_mcfg())?),
+        false => None,
+    };
 
     // The DSDT is reached through the FADT, not listed in the XSDT.
     let mut xsdt = XSDT::new(OEM_ID, *b"KSTXSDT ", OEM_REVISION);
     xsdt.add_entry(fadt_addr);
     xsdt.add_entry(madt_addr);
+    if let Some(addr) = mcfg_addr {
+        xsdt.add_entry(addr);
+    }
     let xsdt_addr = space.place(mem, "XSDT", &to_bytes(&xsdt))?;
 
     let rsdp = to_bytes(&Rsdp::new(OEM_ID, xsdt_addr));
@@ -271,6 +298,13 @@ fn build_madt(num_cpus: u8) -> Vec<u8> {
     to_bytes(&madt)
 }
 
+/// MCFG: one ECAM region, segment 0, buses `0..PCI_ECAM_BUSES`.
+fn build_mcfg() -> Vec<u8> {
+    let mut mcfg = MCFG::new(OEM_ID, *b"KSTMCFG ", OEM_REVISION);
+    mcfg.add_ecam(layout::PCI_ECAM_START, 0, 0, layout::PCI_ECAM_BUSES - 1);
+    to_bytes(&mcfg)
+}
+
 /// DSDT: the S5 sleep type and the legacy devices under `\_SB`.
 fn build_dsdt(cfg: &AcpiConfig) -> Vec<u8> {
     let mut body = Vec::new();
@@ -299,6 +333,10 @@ fn build_dsdt(cfg: &AcpiConfig) -> Vec<u8> {
     if cfg.ged {
         PowerButton.to_aml_bytes(&mut devices);
         Ged.to_aml_bytes(&mut devices);
+    }
+    if cfg.pci {
+        PciRoot.to_aml_bytes(&mut devices);
+        MotherboardResources.to_aml_bytes(&mut devices);
     }
     if !devices.is_empty() {
         body.extend_from_slice(&aml::Scope::raw("\\_SB_".into(), devices));
@@ -442,6 +480,88 @@ impl Aml for Ged {
     }
 }
 
+/// `\_SB.PCI0`: the PCI Express root bus (bus 0 of segment 0).
+struct PciRoot;
+
+impl Aml for PciRoot {
+    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
+        let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0A08"));
+        let cid = aml::Name::new("_CID".into(), &aml::EISAName::new("PNP0A03"));
+        let seg = aml::Name::new("_SEG".into(), &aml::ZERO);
+        let bbn = aml::Name::new("_BBN".into(), &aml::ZERO);
+        let uid = aml::Name::new("_UID".into(), &aml::ZERO);
+
+        let last_bus = u16::from(layout::PCI_ECAM_BUSES - 1);
+        let buses = aml::AddressSpace::new_bus_number(0u16, last_bus);
+        // The configuration ports are the bridge's own (consumed, not a window).
+        let cfg_ports = aml::IO::new(
+            layout::PCI_CONFIG_IO_PORT,
+            layout::PCI_CONFIG_IO_PORT,
+            1,
+            layout::PCI_CONFIG_IO_LEN as u8,
+        );
+        let io = aml::AddressSpace::new_io(
+            layout::PCI_IO_START as u16,
+            (layout::PCI_IO_END - 1) as u16,
+            None,
+        );
+        let mmio = aml::AddressSpace::new_memory(
+            aml::AddressSpaceCacheable::NotCacheable,
+            true,
+            layout::PCI_MMIO32_START as u32,
+            (layout::PCI_MMIO32_END - 1) as u32,
+            None,
+        );
+        let crs = aml::Name::new(
+            "_CRS".into(),
+            &aml::ResourceTemplate::new(vec![&buses, &cfg_ports, &io, &mmio]),
+        );
+
+        // _PRT: { address 0xSSSSFFFF (any function of slot S), pin (0 = INTA),
+        // source Zero (a GSI, not a link device), GSI }.
+        let routes: Vec<(u32, u8, u32)> = (0..32u8)
+            .flat_map(|slot| {
+                (0..4u8).map(move |pin| {
+                    (
+                        (u32::from(slot) << 16) | 0xffff,
+                        pin,
+                        layout::pci_intx_gsi(slot, pin + 1),
+                    )
+                })
+            })
+            .collect();
+        let entries: Vec<aml::Package> = routes
+            .iter()
+            .map(|(addr, pin, gsi)| aml::Package::new(vec![addr, pin, &aml::ZERO, gsi]))
+            .collect();
+        let prt = aml::Package::new(entries.iter().map(|e| e as &dyn Aml).collect());
+        let prt = aml::Name::new("_PRT".into(), &prt);
+
+        aml::Device::new(
+            "PCI0".into(),
+            vec![&hid, &cid, &seg, &bbn, &uid, &crs, &prt],
+        )
+        .to_aml_bytes(sink);
+    }
+}
+
+/// `\_SB.MBRD`: motherboard resources, reserving the ECAM window the MCFG describes.
+struct MotherboardResources;
+
+impl Aml for MotherboardResources {
+    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
+        let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C02"));
+        let uid = aml::Name::new("_UID".into(), &aml::ZERO);
+        let ecam = aml::Memory32Fixed::new(
+            true,
+            layout::PCI_ECAM_START as u32,
+            layout::PCI_ECAM_SIZE as u32,
+        );
+        let crs = aml::Name::new("_CRS".into(), &aml::ResourceTemplate::new(vec![&ecam]));
+        aml::Device::new("MBRD".into(), vec![&hid, &uid, &crs]).to_aml_bytes(sink);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -502,6 +622,8 @@ mod tests {
         fadt: Vec<u8>,
         madt: Vec<u8>,
         dsdt: Vec<u8>,
+        /// The third XSDT entry, when there is one.
+        mcfg: Option<Vec<u8>>,
     }
 
     fn tables(cfg: &AcpiConfig) -> Tables {
@@ -513,12 +635,14 @@ mod tests {
         let fadt = table(&mem, u64_at(&xsdt, 36), b"FACP");
         let madt = table(&mem, u64_at(&xsdt, 44), b"APIC");
         let dsdt = table(&mem, u64_at(&fadt, 140), b"DSDT");
+        let mcfg = (xsdt.len() > 52).then(|| table(&mem, u64_at(&xsdt, 52), b"MCFG"));
         Tables {
             rsdp,
             xsdt,
             fadt,
             madt,
             dsdt,
+            mcfg,
         }
     }
 
@@ -535,7 +659,10 @@ mod tests {
 
     #[test]
     fn xsdt_lists_fadt_and_madt() {
-        let t = tables(&AcpiConfig::new(1));
+        let t = tables(&AcpiConfig {
+            pci: false,
+            ..AcpiConfig::new(1)
+        });
         // The `tables` helper followed both entries and checked their signatures.
         assert_eq!(t.xsdt.len(), 36 + 2 * 8);
         assert_eq!(&t.fadt[0..4], b"FACP");
@@ -735,6 +862,64 @@ mod tests {
         }
     }
 
+    #[test]
+    fn mcfg_describes_the_ecam_of_bus_0() {
+        let t = tables(&AcpiConfig::new(1));
+        assert_eq!(t.xsdt.len(), 36 + 3 * 8, "FADT, MADT, MCFG");
+        let m = t.mcfg.expect("MCFG listed in the XSDT");
+        assert_eq!(m.len(), 36 + 8 + 16, "header, reserved, one allocation");
+        assert_eq!(m[8], 1, "revision");
+        assert_eq!(u64_at(&m, 44), layout::PCI_ECAM_START);
+        assert_eq!(u16_at(&m, 52), 0, "segment");
+        assert_eq!(m[54], 0, "start bus");
+        assert_eq!(m[55], layout::PCI_ECAM_BUSES - 1, "end bus");
+    }
+
+    #[test]
+    fn dsdt_has_the_pci_root_with_its_routing() {
+        let dsdt = tables(&AcpiConfig::new(1)).dsdt;
+        let pci0 = find(&dsdt, b"PCI0").expect("PCI0");
+        // EISAID("PNP0A08") and EISAID("PNP0A03") as DWord constants.
+        let eisa = |id: &str| {
+            let mut b = Vec::new();
+            aml::EISAName::new(id).to_aml_bytes(&mut b);
+            b
+        };
+        assert!(find(&dsdt[pci0..], &eisa("PNP0A08")).is_some());
+        assert!(find(&dsdt[pci0..], &eisa("PNP0A03")).is_some());
+        for name in [&b"_SEG"[..], b"_BBN", b"_PRT", b"_CRS"] {
+            assert!(find(&dsdt[pci0..], name).is_some(), "{name:?}");
+        }
+        // Slot 3 INTB: Package (4) { 0x0003FFFF, One, Zero, 16 + (3 + 2 - 1) % 4 }.
+        #[rustfmt::skip]
+        let entry: &[u8] = &[
+            0x12, 0x0b, 0x04,
+            0x0c, 0xff, 0xff, 0x03, 0x00,
+            0x01,
+            0x00,
+            0x0a, 0x10,
+        ];
+        assert_eq!(layout::pci_intx_gsi(3, 2), 0x10);
+        assert!(
+            find(&dsdt[pci0..], entry).is_some(),
+            "_PRT entry for 03 INTB"
+        );
+        let mbrd = find(&dsdt, b"MBRD").expect("MBRD");
+        assert!(find(&dsdt[mbrd..], &eisa("PNP0C02")).is_some());
+    }
+
+    #[test]
+    fn pci_can_be_left_out() {
+        let t = tables(&AcpiConfig {
+            pci: false,
+            ..AcpiConfig::new(1)
+        });
+        assert!(t.mcfg.is_none());
+        for absent in [&b"PCI0"[..], b"_PRT", b"MBRD"] {
+            assert_eq!(find(&t.dsdt, absent), None);
+        }
+    }
+
     /// Run `iasl ARGS` in `dir`; return its success and its console output.
     fn iasl(dir: &std::path::Path, args: &[&str]) -> (bool, String) {
         let out = match Command::new("iasl").args(args).current_dir(dir).output() {
@@ -750,6 +935,30 @@ mod tests {
             String::from_utf8_lossy(&out.stderr)
         );
         (out.status.success(), log)
+    }
+
+    #[test]
+    fn mcfg_disassembles_with_iasl() {
+        let mcfg = tables(&AcpiConfig::new(1)).mcfg.unwrap();
+        let dir: PathBuf =
+            std::env::temp_dir().join(format!("kestrel-acpi-mcfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("mcfg.dat"), &mcfg).unwrap();
+        let (ok, log) = iasl(&dir, &["-d", "mcfg.dat"]);
+        assert!(ok, "iasl -d failed:\n{log}");
+        let dsl = std::fs::read_to_string(dir.join("mcfg.dsl"))
+            .unwrap_or_else(|e| panic!("iasl wrote no mcfg.dsl ({e}):\n{log}"));
+        for needle in [
+            "Signature : \"MCFG\"",
+            "Base Address : 00000000E0000000",
+            "Segment Group Number : 0000",
+            "Start Bus Number : 00",
+            "End Bus Number : 00",
+        ] {
+            assert!(dsl.contains(needle), "{needle} missing from:\n{dsl}");
+        }
+        assert!(!dsl.contains("**** "), "iasl flagged the MCFG:\n{dsl}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -793,6 +1002,27 @@ mod tests {
             "Field (GREG, DWordAcc, NoLock, Preserve)",
             "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, )",
             "0x0000000A,",
+            "Device (PCI0)",
+            "Name (_HID, EisaId (\"PNP0A08\")",
+            "Name (_CID, EisaId (\"PNP0A03\")",
+            "Name (_SEG, Zero)",
+            "Name (_BBN, Zero)",
+            "Name (_PRT, Package (0x80)",
+            "0x0003FFFF,",
+            "0x001FFFFF,",
+            "WordBusNumber (ResourceProducer, MinFixed, MaxFixed, PosDecode,",
+            "IO (Decode16,",
+            "0x0CF8,",
+            "WordIO (ResourceProducer, MinFixed, MaxFixed, PosDecode, EntireRange,",
+            "0x1000,",
+            "DWordMemory (ResourceProducer, PosDecode, MinFixed, MaxFixed, NonCacheable, ReadWrite,",
+            "0xC0000000,",
+            "0xDFFFFFFF,",
+            "Device (MBRD)",
+            "PNP0C02",
+            "Memory32Fixed (ReadWrite,",
+            "0xE0000000,",
+            "0x10000000,",
         ] {
             assert!(dsl.contains(needle), "{needle} missing from:\n{dsl}");
         }

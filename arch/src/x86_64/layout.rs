@@ -45,6 +45,45 @@ pub const ACPI_GED_ADDR: u64 = 0xfeb0_0000;
 pub const ACPI_GED_LEN: u64 = 4;
 pub const HIGH_RAM_START: u64 = MMIO32_END;
 
+/// PCI (segment 0, bus 0). The 32-bit MMIO hole is split: BARs are placed in
+/// `[PCI_MMIO32_START, PCI_MMIO32_END)` (the `_CRS` memory window of `\_SB.PCI0`), the
+/// ECAM configuration window follows it, and the firmware-fixed MMIO above
+/// (GED, IOAPIC, LAPIC) stays outside both.
+pub const PCI_MMIO32_START: u64 = MMIO32_START;
+pub const PCI_MMIO32_END: u64 = 0xe000_0000;
+/// ECAM: 1 MiB of configuration space per bus, room for all 256; the MCFG table
+/// describes buses `0..PCI_ECAM_BUSES` and the DSDT reserves the whole window as a
+/// motherboard resource (`PNP0C02`), which Linux requires before it uses MMCONFIG.
+pub const PCI_ECAM_START: u64 = 0xe000_0000;
+pub const PCI_ECAM_SIZE: u64 = 0x1000_0000;
+pub const PCI_ECAM_BUS_SIZE: u64 = 1 << 20;
+/// Buses that exist (and that the ECAM device must decode): just the root bus.
+pub const PCI_ECAM_BUSES: u8 = 1;
+/// The legacy configuration mechanism: CONFIG_ADDRESS at 0xcf8, CONFIG_DATA at 0xcfc.
+pub const PCI_CONFIG_IO_PORT: u16 = 0xcf8;
+pub const PCI_CONFIG_IO_LEN: u64 = 8;
+/// I/O BARs come from `[PCI_IO_START, PCI_IO_END)`: above every legacy port.
+pub const PCI_IO_START: u64 = 0x1000;
+pub const PCI_IO_END: u64 = 0x1_0000;
+/// INTx: the `_PRT` wires slot `s`, pin `p` (INTA = 1) to IOAPIC GSI
+/// `PCI_INTX_GSI_BASE + (s + p - 1) % PCI_INTX_GSI_COUNT`, level-triggered, active
+/// low (the default Linux applies to a `_PRT` entry naming a GSI). The vmm raises
+/// them through irqfds with a resample fd. devices/src/pci keeps a copy of the formula.
+pub const PCI_INTX_GSI_BASE: u32 = 16;
+pub const PCI_INTX_GSI_COUNT: u32 = 4;
+/// Pins of the (KVM in-kernel) IOAPIC, as the MADT describes it.
+pub const IOAPIC_NUM_PINS: u32 = 24;
+
+// The BAR window, then ECAM, inside the hole; I/O BARs inside the port space.
+const _: () = assert!(PCI_MMIO32_START >= MMIO32_START);
+const _: () = assert!(PCI_MMIO32_END <= PCI_ECAM_START);
+const _: () = assert!(PCI_IO_START < PCI_IO_END && PCI_IO_END <= 0x1_0000);
+
+/// The GSI of INTx pin `pin` (1..=4 for INTA..INTD) of slot `slot`.
+pub const fn pci_intx_gsi(slot: u8, pin: u8) -> u32 {
+    PCI_INTX_GSI_BASE + (slot as u32 + pin as u32 + PCI_INTX_GSI_COUNT - 1) % PCI_INTX_GSI_COUNT
+}
+
 /// Legacy port I/O devices and their ISA interrupts.
 pub const COM1_PORT: u16 = 0x3f8;
 pub const COM1_IRQ: u32 = 4;
@@ -148,6 +187,50 @@ mod tests {
             );
         }
         assert!(spans[2].0 + spans[2].1 <= MMIO32_END);
+    }
+
+    #[test]
+    fn pci_windows_fit_the_hole_apart_from_fixed_mmio() {
+        assert_eq!(PCI_ECAM_SIZE, 256 * PCI_ECAM_BUS_SIZE);
+        assert!(u64::from(PCI_ECAM_BUSES) * PCI_ECAM_BUS_SIZE <= PCI_ECAM_SIZE);
+        let ecam_end = PCI_ECAM_START + PCI_ECAM_SIZE;
+        for fixed in [ACPI_GED_ADDR, IOAPIC_ADDR, APIC_ADDR] {
+            assert!(fixed >= ecam_end, "{fixed:#x} inside a PCI window");
+        }
+        assert!(ecam_end <= MMIO32_END);
+        // ECAM and the BAR window are naturally aligned.
+        assert_eq!(PCI_ECAM_START % PCI_ECAM_SIZE, 0);
+        assert_eq!(PCI_MMIO32_START % (PCI_MMIO32_END - PCI_MMIO32_START), 0);
+    }
+
+    #[test]
+    fn pci_io_window_is_above_the_legacy_ports() {
+        let legacy = [
+            (COM1_PORT, 8),
+            (COM2_PORT, 8),
+            (I8042_PORT, 5),
+            (RTC_PORT, 2),
+            (ACPI_PM_PORT_BASE, ACPI_PM_PORT_LEN),
+            (PCI_CONFIG_IO_PORT, PCI_CONFIG_IO_LEN),
+        ];
+        for (port, len) in legacy {
+            assert!(u64::from(port) + len <= PCI_IO_START, "{port:#x}");
+        }
+    }
+
+    #[test]
+    fn pci_intx_swizzles_over_ioapic_pins_above_isa() {
+        assert_eq!(pci_intx_gsi(0, 1), 16);
+        assert_eq!(pci_intx_gsi(0, 4), 19);
+        assert_eq!(pci_intx_gsi(1, 1), 17);
+        assert_eq!(pci_intx_gsi(3, 2), 16);
+        assert_eq!(pci_intx_gsi(31, 4), 18);
+        for slot in 0..32 {
+            for pin in 1..=4 {
+                let gsi = pci_intx_gsi(slot, pin);
+                assert!((16..IOAPIC_NUM_PINS).contains(&gsi), "ISA lines stay ISA");
+            }
+        }
     }
 
     #[test]

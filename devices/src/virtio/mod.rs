@@ -9,6 +9,12 @@
 //! fails that request (or marks the device NEEDS_RESET), never panics, never touches
 //! memory outside the guest's.
 
+pub mod block;
+pub mod console;
+pub mod net;
+
+pub mod pci;
+
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
