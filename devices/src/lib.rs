@@ -4,9 +4,9 @@
 //! migration can save and restore it.
 
 pub mod bus;
+pub mod legacy;
 pub mod pci;
 pub mod virtio;
-pub mod legacy;
 
 pub use bus::{Bus, BusDevice, BusError, SharedDevice};
 

@@ -487,6 +487,42 @@ impl EventLoop {
                     eprintln!("kestrel: {msg}");
                     MachineEvent::Stop(RunState::InternalError)
                 }
+                VmEvent::BlockIoError(e) => {
+                    use crate::qmp_devices::BlockIoErrorEvent;
+                    mon.emit(
+                        "BLOCK_IO_ERROR",
+                        &BlockIoErrorEvent {
+                            qom_path: format!("/machine/peripheral/{}/virtio-backend", e.device),
+                            device: e.device.clone(),
+                            node_name: Some(e.device.clone()),
+                            operation: e.operation.as_str().into(),
+                            action: e.action.as_str().into(),
+                            nospace: Some(e.nospace),
+                            reason: e.reason.clone(),
+                        },
+                    );
+                    if e.action != devices::virtio::block::IoErrorAction::Stop
+                        || mon.runstate() == RunState::IoError
+                    {
+                        return None;
+                    }
+                    MachineEvent::Stop(RunState::IoError)
+                }
+                VmEvent::NicRxFilterChanged { name, path } => {
+                    let ev = crate::qmp_devices::NicRxFilterChangedEvent {
+                        name: Some(name),
+                        path,
+                    };
+                    mon.emit("NIC_RX_FILTER_CHANGED", &ev);
+                    return None;
+                }
+                VmEvent::VserportChange { id, open } => {
+                    mon.emit(
+                        "VSERPORT_CHANGE",
+                        &crate::qmp_devices::VserportChangeEvent { id, open },
+                    );
+                    return None;
+                }
             },
             ControlEvent::Quit => return Some(0),
             ControlEvent::Signal(sig) => {

@@ -27,6 +27,8 @@ pub struct Machine {
     cfg: VmConfig,
     identity: Identity,
     serials: Vec<Arc<Chardev>>,
+    /// `-chardev`s used by devices (virtio-serial ports), by id; they outlive boots.
+    chardevs: std::collections::HashMap<String, Arc<Chardev>>,
     events_tx: ControlSender,
     vm: Option<Vm>,
     generation: u64,
@@ -41,6 +43,7 @@ impl Machine {
         cfg: VmConfig,
         identity: Identity,
         serials: Vec<Arc<Chardev>>,
+        chardevs: std::collections::HashMap<String, Arc<Chardev>>,
         events_tx: ControlSender,
     ) -> Result<Machine, VmError> {
         let kvm = Kvm::new().map_err(VmError::Kvm)?;
@@ -49,6 +52,7 @@ impl Machine {
             cfg,
             identity,
             serials,
+            chardevs,
             events_tx,
             vm: None,
             generation: 0,
@@ -68,6 +72,7 @@ impl Machine {
             &self.kvm,
             &self.cfg,
             &self.serials,
+            &self.chardevs,
             self.events_tx.clone(),
             self.generation,
         )?);
@@ -98,6 +103,11 @@ impl Machine {
         &mut self.fds
     }
 
+    /// The current boot's VM, for the vmm's own QMP commands.
+    pub fn current_vm(&self) -> Option<&Vm> {
+        self.vm.as_ref()
+    }
+
     fn vm(&self) -> Result<&Vm, MachineError> {
         self.vm
             .as_ref()
@@ -125,6 +135,17 @@ impl monitor::Machine for Machine {
     }
 
     fn resume_vcpus(&mut self) -> Result<(), MachineError> {
+        // Requests a werror/rerror=stop policy held are retried on `cont`, as in QEMU.
+        if let Some(pci) = self.vm.as_ref().and_then(|v| v.pci()) {
+            for a in &pci.attached {
+                if let crate::pci::Attached::Block { model, .. } = a {
+                    let r = model.lock().unwrap_or_else(|p| p.into_inner()).retry_held();
+                    if let Err(e) = r {
+                        eprintln!("kestrel: retrying held block requests: {e}");
+                    }
+                }
+            }
+        }
         self.vm()?.resume();
         self.running = true;
         Ok(())

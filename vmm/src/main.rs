@@ -4,8 +4,12 @@ mod chardev;
 mod cmdline;
 mod event_loop;
 mod fdpass;
+mod io_thread;
+mod irq;
 mod machine;
+mod pci;
 mod qmp_commands;
+mod qmp_devices;
 mod vcpu;
 mod vm;
 
@@ -153,6 +157,9 @@ fn run(args: Vec<String>) -> Result<i32, String> {
     mcfg.actions = Actions::from_cli(cfg.no_reboot, cfg.no_shutdown);
     let mut mon = Monitor::new(mcfg);
     qmp_commands::register(mon.registry_mut()).map_err(|e| format!("monitor setup: {e}"))?;
+    qmp_devices::register(mon.registry_mut(), chardev_labels(&cfg))
+        .map_err(|e| format!("monitor setup: {e}"))?;
+    qmp_devices::register_events(mon.registry_mut()).map_err(|e| format!("monitor setup: {e}"))?;
 
     let fail = |daemon: Option<Daemon>, msg: String| -> Result<i32, String> {
         if let Some(d) = daemon {
@@ -171,11 +178,29 @@ fn run(args: Vec<String>) -> Result<i32, String> {
             Err(e) => return fail(daemon, e),
         }
     }
+    // Chardevs that devices use (virtio-serial ports): opened once, kept across reboots.
+    let mut device_chardevs = std::collections::HashMap::new();
+    for d in &cfg.devices {
+        if let cmdline::devices::DeviceSpec::VirtioSerialPort { chardev, .. } = d {
+            let Some(c) = cfg.chardevs.iter().find(|c| c.id == *chardev) else {
+                continue;
+            };
+            let Some(b) = backend(&c.backend) else {
+                continue;
+            };
+            match Chardev::open(&b, None) {
+                Ok(ch) => {
+                    device_chardevs.insert(chardev.clone(), Arc::new(ch));
+                }
+                Err(e) => return fail(daemon, e.to_string()),
+            }
+        }
+    }
     let identity = Identity {
         name: cfg.name.clone(),
         uuid: cfg.uuid,
     };
-    let mut machine = match Machine::new(vm_cfg, identity, serials, tx) {
+    let mut machine = match Machine::new(vm_cfg, identity, serials, device_chardevs, tx) {
         Ok(m) => m,
         Err(e) => {
             drop(raw_term);
@@ -234,6 +259,9 @@ fn vm_config(cfg: &Config) -> Result<VmConfig, String> {
         cpu_model,
         cpu_flags: cfg.cpu.flags.clone(),
         debug_thread_names: cfg.debug_threads,
+        devices: cfg.devices.clone(),
+        drives: cfg.drives.clone(),
+        netdevs: cfg.netdevs.clone(),
     })
 }
 
@@ -263,6 +291,49 @@ fn backend(b: &ChardevBackend) -> Option<Backend> {
         ChardevBackend::Null => Backend::Null,
         ChardevBackend::None => return None,
     })
+}
+
+/// `query-chardev`'s list: every -chardev by id, and the implicit ones QEMU names
+/// `serialN` and `compat_monitorN`, with QEMU-style filenames.
+fn chardev_labels(cfg: &Config) -> Vec<(String, String)> {
+    fn filename(b: &ChardevBackend) -> String {
+        match b {
+            ChardevBackend::Stdio => "stdio".into(),
+            ChardevBackend::Null | ChardevBackend::None => "null".into(),
+            ChardevBackend::File { path, .. } => format!("file:{}", path.display()),
+            ChardevBackend::UnixSocket { path, server, .. } => {
+                format!(
+                    "unix:{}{}",
+                    path.display(),
+                    if *server { ",server=on" } else { "" }
+                )
+            }
+            ChardevBackend::TcpSocket {
+                host, port, server, ..
+            } => {
+                format!(
+                    "tcp:{host}:{port}{}",
+                    if *server { ",server=on" } else { "" }
+                )
+            }
+        }
+    }
+    let mut v: Vec<(String, String)> = cfg
+        .chardevs
+        .iter()
+        .map(|c| (c.id.clone(), filename(&c.backend)))
+        .collect();
+    for (i, b) in cfg.serials.iter().enumerate() {
+        if !cfg.chardevs.iter().any(|c| c.backend == *b) {
+            v.push((format!("serial{i}"), filename(b)));
+        }
+    }
+    for (i, m) in cfg.monitors.iter().enumerate() {
+        if !cfg.chardevs.iter().any(|c| c.backend == m.backend) {
+            v.push((format!("compat_monitor{i}"), filename(&m.backend)));
+        }
+    }
+    v
 }
 
 fn check_file(p: &PathBuf, what: &str) -> Result<(), String> {

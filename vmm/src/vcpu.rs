@@ -363,7 +363,7 @@ fn trace_first_run(index: u8) {
 }
 
 /// What the guest did that the machine must act on.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum VmEvent {
     /// The guest reset the machine (i8042, ACPI reset register, triple fault).
     Reset,
@@ -371,6 +371,13 @@ pub enum VmEvent {
     PowerOff,
     /// The vCPU cannot go on (KVM internal error, failed entry).
     Fatal(String),
+    /// A block device hit a host I/O error (BLOCK_IO_ERROR; with action stop the
+    /// machine goes to io-error).
+    BlockIoError(devices::virtio::block::BlockIoError),
+    /// A NIC's receive filter changed (NIC_RX_FILTER_CHANGED).
+    NicRxFilterChanged { name: String, path: String },
+    /// The guest opened or closed a virtio-serial port (VSERPORT_CHANGE).
+    VserportChange { id: String, open: bool },
 }
 
 enum Outcome {

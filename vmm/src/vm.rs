@@ -41,6 +41,10 @@ pub struct VmConfig {
     pub cpu_flags: Vec<(String, bool)>,
     /// `-name debug-threads=on`: name vCPU threads as QEMU does ("CPU 0/KVM").
     pub debug_thread_names: bool,
+    /// PCI devices and the backends they use.
+    pub devices: Vec<crate::cmdline::devices::DeviceSpec>,
+    pub drives: Vec<crate::cmdline::devices::DriveSpec>,
+    pub netdevs: Vec<crate::cmdline::devices::NetdevSpec>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +72,8 @@ pub enum VmError {
     Device(String),
     #[error("cannot start vCPU thread: {0}")]
     Thread(std::io::Error),
+    #[error("{0}")]
+    Pci(#[from] crate::pci::PciSetupError),
 }
 
 /// An ISA interrupt line backed by an irqfd: a trigger is one write, no exit to the VMM.
@@ -97,9 +103,11 @@ const SERIAL_PORTS: [(u16, u32); 4] = [
 ];
 
 pub struct Vm {
-    // Field order is drop order: vCPU threads stop before the VM fd and memory go.
+    // Field order is drop order: vCPU threads stop, then the I/O thread, before the VM fd
+    // and memory go.
     vcpus: Vec<Vcpu>,
-    _vm_fd: VmFd,
+    pci: Option<crate::pci::PciDevices>,
+    _vm_fd: Arc<VmFd>,
     _mem: GuestMemoryMmap,
     _pio: Arc<Bus>,
     _mmio: Arc<Bus>,
@@ -112,11 +120,12 @@ impl Vm {
         kvm: &Kvm,
         cfg: &VmConfig,
         serial_backends: &[Arc<Chardev>],
+        chardevs: &std::collections::HashMap<String, Arc<Chardev>>,
         events: ControlSender,
         generation: u64,
     ) -> Result<Vm, VmError> {
         let kop = |what| move |err| VmError::KvmOp { what, err };
-        let vm_fd = kvm.create_vm().map_err(VmError::Kvm)?;
+        let vm_fd = Arc::new(kvm.create_vm().map_err(VmError::Kvm)?);
 
         let ranges: Vec<(GuestAddress, usize)> = layout::ram_regions(cfg.mem_size)
             .into_iter()
@@ -169,6 +178,7 @@ impl Vm {
         arch::mptable::setup_mptable(&mem, cfg.num_cpus)?;
         let mut acpi_cfg = arch::acpi::AcpiConfig::new(cfg.num_cpus);
         acpi_cfg.com1 = !serial_backends.is_empty();
+        acpi_cfg.pci = !cfg.devices.is_empty();
         let rsdp = arch::acpi::create_acpi_tables(&mem, &acpi_cfg)?;
         let e820 = boot::e820_map(&mem);
         regs::write_boot_structures(&mem, kernel.protocol)?;
@@ -225,6 +235,21 @@ impl Vm {
         mmio.insert(ged.clone(), layout::ACPI_GED_ADDR, layout::ACPI_GED_LEN)
             .map_err(|e| VmError::Device(e.to_string()))?;
 
+        let pci = crate::pci::build(
+            crate::pci::PciContext {
+                vm: vm_fd.clone(),
+                mem: &mem,
+                pio: pio.clone(),
+                mmio: mmio.clone(),
+                events: events.clone(),
+                generation,
+                chardevs,
+            },
+            &cfg.devices,
+            &cfg.drives,
+            &cfg.netdevs,
+        )?;
+
         // vCPUs.
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -266,6 +291,7 @@ impl Vm {
 
         Ok(Vm {
             vcpus,
+            pci,
             _vm_fd: vm_fd,
             _mem: mem,
             _pio: pio,
@@ -311,6 +337,11 @@ impl Vm {
             .get(index)
             .ok_or_else(|| format!("CPU {index} does not exist"))?
             .registers()
+    }
+
+    /// The PCI devices of this boot, if any.
+    pub fn pci(&self) -> Option<&crate::pci::PciDevices> {
+        self.pci.as_ref()
     }
 
     pub fn vcpu_thread_ids(&self) -> Vec<(u8, i32)> {

@@ -13,6 +13,7 @@
 //! 7.2's wording where QEMU has one.
 
 mod chardev;
+pub mod devices;
 mod keyvalue;
 mod options;
 mod smp;
@@ -87,6 +88,13 @@ pub struct Config {
     pub chardevs: Vec<Chardev>,
     /// QMP monitors (`-qmp`, `-qmp-pretty`, `-mon mode=control`), in command-line order.
     pub monitors: Vec<MonitorSpec>,
+    /// `-device`s, plus one virtio-blk-pci per `-drive if=virtio`, in command-line order;
+    /// every `drive=`/`netdev=`/`chardev=` they name exists and is used once.
+    pub devices: Vec<devices::DeviceSpec>,
+    /// Block backends the devices use (`-drive`, or resolved `-blockdev` raw/file pairs).
+    pub drives: Vec<devices::DriveSpec>,
+    /// `-netdev`s.
+    pub netdevs: Vec<devices::NetdevSpec>,
     pub nographic: bool,
     /// `-display none`.
     pub display_none: bool,
@@ -119,6 +127,9 @@ impl Default for Config {
             serials: Vec::new(),
             chardevs: Vec::new(),
             monitors: Vec::new(),
+            devices: Vec::new(),
+            drives: Vec::new(),
+            netdevs: Vec::new(),
             nographic: false,
             display_none: false,
             nodefaults: false,

@@ -7,6 +7,9 @@ use std::path::PathBuf;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, Unexpected, Visitor};
 
 use super::chardev::{parse_chardev, parse_serial, SerialSpec};
+use super::devices::{
+    parse_blockdev, parse_device, parse_drive, parse_netdev, resolve_node, BlockNode, DeviceSpec,
+};
 use super::keyvalue::{self, parse_bool};
 use super::smp::parse_smp;
 use super::values::{parse_uuid, MegSize, Size};
@@ -231,6 +234,65 @@ static OPTIONS: &[OptSpec] = &[
         handler: opt_mon,
     },
     OptSpec {
+        name: "device",
+        aliases: &[],
+        arg: Some("driver[,prop=value...]"),
+        help: "add a device: virtio-blk-pci,drive=ID[,serial=,num-queues=] | virtio-net-pci,netdev=ID[,mac=] | \
+               virtio-serial-pci | virtconsole,chardev=ID | virtserialport,chardev=ID,name=NAME; \
+               all take id= and PCI ones addr=SLOT[.FN]",
+        handler: |b, o| {
+            b.devices.push((o.clone(), parse_device(o.arg())?));
+            Ok(Flow::Continue)
+        },
+    },
+    OptSpec {
+        name: "drive",
+        aliases: &[],
+        arg: Some("[file=]path[,format=raw][,if=virtio|none][,id=][,cache=][,aio=][,readonly=on][,discard=unmap][,serial=][,werror=][,rerror=]"),
+        help: "a raw disk image; if=virtio (the default) also adds a virtio-blk-pci device for it",
+        handler: |b, o| {
+            let d = parse_drive(o.arg(), b.cfg.drives.len())?;
+            if b.cfg.drives.iter().any(|x| x.id == d.id) {
+                return Err(format!("drive with id '{}' already exists", d.id));
+            }
+            b.cfg.drives.push(d);
+            Ok(Flow::Continue)
+        },
+    },
+    OptSpec {
+        name: "blockdev",
+        aliases: &[],
+        arg: Some("driver=file,filename=P,node-name=N[,...] | driver=raw,file=N,node-name=M"),
+        help: "a block graph node: a file, or a raw format node over one",
+        handler: |b, o| {
+            let n = parse_blockdev(o.arg())?;
+            let name = match &n {
+                BlockNode::File { node_name, .. } | BlockNode::Raw { node_name, .. } => node_name.clone(),
+            };
+            if b.blockdevs.iter().any(|x| match x {
+                BlockNode::File { node_name, .. } | BlockNode::Raw { node_name, .. } => *node_name == name,
+            }) {
+                return Err(format!("Duplicate nodes with node-name='{name}'"));
+            }
+            b.blockdevs.push(n);
+            Ok(Flow::Continue)
+        },
+    },
+    OptSpec {
+        name: "netdev",
+        aliases: &[],
+        arg: Some("tap,id=ID[,ifname=NAME][,script=no][,downscript=no][,vhost=off]"),
+        help: "a network backend: a tap device",
+        handler: |b, o| {
+            let n = parse_netdev(o.arg())?;
+            if b.cfg.netdevs.iter().any(|x| x.id == n.id) {
+                return Err(format!("Duplicate ID '{}' for netdev", n.id));
+            }
+            b.cfg.netdevs.push(n);
+            Ok(Flow::Continue)
+        },
+    },
+    OptSpec {
         name: "S",
         aliases: &[],
         arg: None,
@@ -312,6 +374,9 @@ pub(super) struct Builder {
     machine_accel: bool,
     /// `-qmp`/`-mon`, resolved against the chardevs at the end.
     monitors: Vec<(Origin, SerialSpec, bool)>,
+    /// `-device`s, resolved against drives, netdevs and chardevs at the end.
+    devices: Vec<(Origin, DeviceSpec)>,
+    blockdevs: Vec<BlockNode>,
 }
 
 impl Builder {
@@ -323,6 +388,8 @@ impl Builder {
             accel_option,
             machine_accel,
             monitors,
+            devices,
+            blockdevs,
         } = self;
         if cfg.daemonize && cfg.nographic {
             return Err(CmdlineError::Conflict(
@@ -398,6 +465,7 @@ impl Builder {
                 ChardevBackend::Stdio
             });
         }
+        resolve_devices(&mut cfg, devices, &blockdevs, &used)?;
         // One terminal cannot carry two byte streams (QEMU would need mon:stdio muxing).
         let stdio_users = cfg
             .serials
@@ -791,6 +859,103 @@ fn opt_chardev(b: &mut Builder, o: &Origin) -> Result<Flow, String> {
     Ok(Flow::Continue)
 }
 
+// ---- -device, -drive, -blockdev, -netdev ----
+
+/// Checks every reference between devices and backends, adds QEMU's implicit
+/// virtio-blk-pci for `-drive if=virtio`, keeps only the drives devices use, and makes
+/// sure each backend and PCI address is used once.
+fn resolve_devices(
+    cfg: &mut Config,
+    devices: Vec<(Origin, DeviceSpec)>,
+    blockdevs: &[BlockNode],
+    used_chardevs: &[&str],
+) -> Result<(), CmdlineError> {
+    let mut drives_used: Vec<String> = Vec::new();
+    let mut netdevs_used: Vec<String> = Vec::new();
+    let mut chardevs_used: Vec<String> = Vec::new();
+    let mut addrs = Vec::new();
+    let mut resolved_drives = Vec::new();
+    let mut have_serial_bus = false;
+    let mut out = Vec::new();
+    for (origin, d) in devices {
+        match &d {
+            DeviceSpec::VirtioBlk { drive, .. } => {
+                if drives_used.contains(drive) {
+                    return Err(origin.error(format!(
+                        "Drive '{drive}' is already in use by another device"
+                    )));
+                }
+                let spec = match cfg.drives.iter().find(|x| x.id == *drive) {
+                    Some(x) if x.auto_device => {
+                        return Err(origin.error(format!(
+                            "Drive '{drive}' is already in use because it has been automatically connected to another device (did you need 'if=none' in the drive options?)"
+                        )))
+                    }
+                    Some(x) => x.clone(),
+                    None => resolve_node(blockdevs, drive)
+                        .map_err(|e| origin.error(e))?
+                        .ok_or_else(|| origin.error(format!("Property 'drive' can't find value '{drive}'")))?,
+                };
+                drives_used.push(drive.clone());
+                resolved_drives.push(spec);
+            }
+            DeviceSpec::VirtioNet { netdev, .. } => {
+                if !cfg.netdevs.iter().any(|n| n.id == *netdev) {
+                    return Err(
+                        origin.error(format!("Property 'netdev' can't find value '{netdev}'"))
+                    );
+                }
+                if netdevs_used.contains(netdev) {
+                    return Err(origin.error(format!(
+                        "Property 'netdev' can't take value '{netdev}', it's in use"
+                    )));
+                }
+                netdevs_used.push(netdev.clone());
+            }
+            DeviceSpec::VirtioSerial { .. } => have_serial_bus = true,
+            DeviceSpec::VirtioSerialPort { chardev, .. } => {
+                if !have_serial_bus {
+                    return Err(origin.error("No 'virtio-serial-bus' bus found for device (add -device virtio-serial-pci before it)"));
+                }
+                if !cfg.chardevs.iter().any(|c| c.id == *chardev) {
+                    return Err(origin.error(format!("chardev '{chardev}' not found")));
+                }
+                if chardevs_used.contains(chardev) || used_chardevs.contains(&chardev.as_str()) {
+                    return Err(origin.error(format!("chardev '{chardev}' is already in use")));
+                }
+                chardevs_used.push(chardev.clone());
+            }
+        }
+        if let DeviceSpec::VirtioBlk { addr: Some(a), .. }
+        | DeviceSpec::VirtioNet { addr: Some(a), .. }
+        | DeviceSpec::VirtioSerial { addr: Some(a), .. } = &d
+        {
+            if addrs.contains(a) {
+                return Err(origin.error(format!(
+                    "PCI: slot {} function {} not available, in use",
+                    a.slot, a.function
+                )));
+            }
+            addrs.push(*a);
+        }
+        out.push(d);
+    }
+    // `-drive if=virtio`: QEMU's shorthand for a drive plus its own virtio-blk-pci.
+    for d in cfg.drives.iter().filter(|d| d.auto_device) {
+        out.push(DeviceSpec::VirtioBlk {
+            id: None,
+            addr: None,
+            drive: d.id.clone(),
+            serial: d.serial.clone(),
+            num_queues: 1,
+        });
+        resolved_drives.push(d.clone());
+    }
+    cfg.drives = resolved_drives;
+    cfg.devices = out;
+    Ok(())
+}
+
 // ---- -qmp, -mon ----
 
 fn opt_qmp(b: &mut Builder, o: &Origin, pretty: bool) -> Result<Flow, String> {
@@ -992,6 +1157,37 @@ mod tests {
                 .len(),
             4
         );
+    }
+
+    #[test]
+    fn devices_and_backends_resolve() {
+        let c = run("-drive file=/tmp/a.img,if=none,id=d0 -device virtio-blk-pci,drive=d0,id=disk0 \
+                     -blockdev driver=file,filename=/tmp/b.img,node-name=f1 -blockdev driver=raw,file=f1,node-name=r1 \
+                     -device virtio-blk-pci,drive=r1 -drive file=/tmp/c.img \
+                     -netdev tap,id=n0,ifname=kt0,script=no,downscript=no -device virtio-net-pci,netdev=n0 \
+                     -chardev null,id=c0 -device virtio-serial-pci -device virtconsole,chardev=c0");
+        assert_eq!(c.devices.len(), 6, "{:?}", c.devices);
+        let files: Vec<&str> = c.drives.iter().map(|d| d.file.to_str().unwrap()).collect();
+        assert_eq!(files, ["/tmp/a.img", "/tmp/b.img", "/tmp/c.img"]);
+        assert!(matches!(&c.devices[5], DeviceSpec::VirtioBlk { drive, .. } if drive == "virtio1"));
+        assert!(err("-device virtio-blk-pci,drive=nope").contains("can't find value 'nope'"));
+        assert!(err("-drive file=/a,id=d -device virtio-blk-pci,drive=d")
+            .contains("automatically connected"));
+        assert!(err("-drive file=/a,if=none,id=d -device virtio-blk-pci,drive=d -device virtio-blk-pci,drive=d")
+            .contains("already in use"));
+        assert!(err("-device virtio-net-pci,netdev=n9").contains("n9"));
+        assert!(err(
+            "-netdev tap,id=n -device virtio-net-pci,netdev=n -device virtio-net-pci,netdev=n"
+        )
+        .contains("in use"));
+        assert!(err("-chardev null,id=c -device virtconsole,chardev=c").contains("virtio-serial"));
+        assert!(err("-device virtio-serial-pci -device virtconsole,chardev=zz").contains("zz"));
+        assert!(err("-chardev null,id=c -serial chardev:c -device virtio-serial-pci -device virtconsole,chardev=c")
+            .contains("already in use"));
+        assert!(err("-drive file=/a,if=none,id=a -drive file=/b,if=none,id=b -device virtio-blk-pci,drive=a,addr=3 \
+                     -device virtio-blk-pci,drive=b,addr=3").contains("in use"));
+        assert!(err("-drive file=/a,id=x -drive file=/b,id=x").contains("already exists"));
+        assert!(err("-netdev tap,id=n -netdev tap,id=n").contains("Duplicate"));
     }
 
     #[test]

@@ -1,0 +1,691 @@
+//! The machine's PCI devices: the root bus on the port and MMIO buses, and each virtio
+//! device built from its `-device` and backend, plugged into KVM: MSI-X vectors as GSI
+//! routes with irqfds (`irq::Routing`), INTx as a resampled level irqfd, and every queue
+//! doorbell as an ioeventfd served by this boot's I/O thread. BARs are placed by us, as
+//! firmware would, and re-plugged wherever the guest moves them.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex};
+
+use arch::layout;
+use devices::pci::{
+    BarAllocator, BarKind, BarRemap, BarRemapHandler, MsiMessage, MsiTrigger, PciAddress,
+    PciBarRegion, PciBus, PciConfigIo, PciConfigMmio, SharedPciDevice,
+};
+use devices::virtio::block::{BlockErrorHandler, BlockIoError, VirtioBlock, VirtioBlockConfig};
+use devices::virtio::console::{ConsoleConfig, ConsoleEvents, PortConfig, VirtioConsole};
+use devices::virtio::net::{NetConfig, NetEvents, VirtioNet};
+use devices::virtio::pci::VirtioPciDevice;
+use devices::virtio::{ActivateError, DeviceError, VirtioDevice, VirtioInterrupt};
+use devices::{Bus, Interrupt};
+use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::chardev::Chardev;
+use crate::cmdline::devices::{DeviceSpec, DriveSpec, NetdevSpec};
+use crate::io_thread::{IoDevice, QueueKick, SharedIoDevice, StaticFd};
+use crate::irq::{MsiVector, Routing};
+use crate::vcpu::VmEvent;
+use crate::{ControlEvent, ControlSender};
+
+/// A model shared between its transport and the machine: the transport drives it as a
+/// `VirtioDevice`, QMP reaches it directly (stats, link state, filters, held requests).
+/// Lock order: transport, then model.
+struct Shared<T>(Arc<Mutex<T>>);
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl<T: VirtioDevice> VirtioDevice for Shared<T> {
+    fn device_type(&self) -> u32 {
+        lock(&self.0).device_type()
+    }
+    fn queue_max_sizes(&self) -> Vec<u16> {
+        lock(&self.0).queue_max_sizes()
+    }
+    fn features(&self) -> u64 {
+        lock(&self.0).features()
+    }
+    fn ack_features(&mut self, f: u64) {
+        lock(&self.0).ack_features(f)
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        lock(&self.0).read_config(offset, data)
+    }
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        lock(&self.0).write_config(offset, data)
+    }
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        queues: Vec<Queue>,
+    ) -> Result<(), ActivateError> {
+        lock(&self.0).activate(mem, interrupt, queues)
+    }
+    fn reset(&mut self) {
+        lock(&self.0).reset()
+    }
+    fn process_queue(&mut self, index: usize) -> Result<(), DeviceError> {
+        lock(&self.0).process_queue(index)
+    }
+    fn event_fds(&self) -> Vec<(RawFd, u32)> {
+        lock(&self.0).event_fds()
+    }
+    fn process_event(&mut self, token: u32) -> Result<(), DeviceError> {
+        lock(&self.0).process_event(token)
+    }
+}
+
+/// The I/O thread's view of a virtio-pci function.
+impl IoDevice for VirtioPciDevice {
+    fn process_queue(&mut self, queue: usize) {
+        VirtioPciDevice::process_queue(self, queue as u16)
+    }
+    fn event_fds(&self) -> Vec<(RawFd, u32)> {
+        VirtioPciDevice::event_fds(self)
+    }
+    fn process_event(&mut self, token: u32) {
+        if token == RESAMPLE_TOKEN {
+            self.resample_intx();
+        } else {
+            VirtioPciDevice::process_event(self, token)
+        }
+    }
+}
+
+/// Token of a device's INTx resample fd (device tokens are small numbers).
+const RESAMPLE_TOKEN: u32 = u32::MAX;
+
+/// MSI-X of one function: a GSI and irqfd per vector.
+struct KvmMsi {
+    routing: Arc<Routing>,
+    vectors: Vec<MsiVector>,
+}
+
+impl MsiTrigger for KvmMsi {
+    fn update_vector(&self, index: u16, msg: MsiMessage, masked: bool) {
+        if let Some(v) = self.vectors.get(usize::from(index)) {
+            if let Err(e) = self.routing.update(v.gsi, msg.addr, msg.data, masked) {
+                eprintln!("kestrel: MSI route for GSI {}: {e}", v.gsi);
+            }
+        }
+    }
+
+    fn trigger(&self, index: u16) -> std::io::Result<()> {
+        match self.vectors.get(usize::from(index)) {
+            Some(v) => v.irqfd.write(1),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A level-triggered INTx line: an irqfd KVM deasserts on EOI, telling us through the
+/// resample fd so the device can re-assert if its ISR is still set.
+struct IntxLine(EventFd);
+
+impl Interrupt for IntxLine {
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+/// A function's queue doorbell eventfds, and the addresses they are registered at now.
+type Doorbells = (Vec<EventFd>, Vec<u64>);
+
+/// Plugs BARs into the buses, and queue doorbells into KVM, wherever they decode.
+struct BarPlumbing {
+    vm: Arc<VmFd>,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    /// Per function (by PCI address): the doorbell eventfds and where they are registered.
+    kicks: Mutex<HashMap<u8, Doorbells>>,
+}
+
+impl BarRemapHandler for BarPlumbing {
+    fn bar_remapped(&self, r: &BarRemap, device: &SharedPciDevice) {
+        let bus = if r.kind == BarKind::Io {
+            &self.pio
+        } else {
+            &self.mmio
+        };
+        let mut kicks = lock(&self.kicks);
+        let entry = kicks.get_mut(&r.address.devfn());
+        if let Some(old) = r.old {
+            bus.remove(old);
+            if let Some((fds, at)) = entry {
+                for (i, addr) in at.drain(..).enumerate() {
+                    if let Some(fd) = fds.get(i) {
+                        let _ = self.vm.unregister_ioevent(
+                            fd,
+                            &IoEventAddress::Mmio(addr),
+                            NoDatamatch,
+                        );
+                    }
+                }
+            }
+        }
+        if let Some(new) = r.new {
+            if let Err(e) = bus.insert(PciBarRegion::shared(device.clone(), r.bar), new, r.size) {
+                eprintln!(
+                    "kestrel: PCI {:02x}.{}: BAR {} at {new:#x}: {e}",
+                    r.address.device, r.address.function, r.bar
+                );
+                return;
+            }
+            if let Some((fds, at)) = kicks.get_mut(&r.address.devfn()) {
+                for (addr, q) in lock(device).notify_addresses() {
+                    if let Some(fd) = fds.get(usize::from(q)) {
+                        match self
+                            .vm
+                            .register_ioevent(fd, &IoEventAddress::Mmio(addr), NoDatamatch)
+                        {
+                            Ok(()) => at.push(addr),
+                            Err(e) => eprintln!("kestrel: ioeventfd at {addr:#x}: {e}"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PciSetupError {
+    #[error("{0}")]
+    Msg(String),
+}
+
+fn err(e: impl std::fmt::Display) -> PciSetupError {
+    PciSetupError::Msg(e.to_string())
+}
+
+/// What QMP needs to know about each device.
+pub enum Attached {
+    Block {
+        qdev_id: String,
+        drive: DriveSpec,
+        model: Arc<Mutex<VirtioBlock>>,
+    },
+    Net {
+        qdev_id: String,
+        model: Arc<Mutex<VirtioNet>>,
+    },
+    /// virtio-serial: its ports report through VSERPORT_CHANGE.
+    Console,
+}
+
+/// The PCI side of one boot.
+pub struct PciDevices {
+    pub bus: Arc<PciBus>,
+    pub attached: Vec<Attached>,
+    // Dropped last: stops the I/O thread before the devices' fds go.
+    _io: crate::io_thread::IoThread,
+}
+
+struct BlockErrors {
+    tx: ControlSender,
+    generation: u64,
+}
+
+impl BlockErrorHandler for BlockErrors {
+    fn io_error(&self, e: &BlockIoError) {
+        let _ = self.tx.send(ControlEvent::Vm {
+            generation: self.generation,
+            event: VmEvent::BlockIoError(e.clone()),
+        });
+    }
+}
+
+struct NetNotify {
+    tx: ControlSender,
+    generation: u64,
+    name: String,
+    path: String,
+}
+
+impl NetEvents for NetNotify {
+    fn rx_filter_changed(&self) {
+        let _ = self.tx.send(ControlEvent::Vm {
+            generation: self.generation,
+            event: VmEvent::NicRxFilterChanged {
+                name: self.name.clone(),
+                path: self.path.clone(),
+            },
+        });
+    }
+}
+
+struct PortNotify {
+    tx: ControlSender,
+    generation: u64,
+    /// Port number -> the port's qdev id.
+    ids: Vec<(u32, String)>,
+}
+
+impl ConsoleEvents for PortNotify {
+    fn port_open_changed(&self, port: u32, open: bool) {
+        if let Some((_, id)) = self.ids.iter().find(|(n, _)| *n == port) {
+            let _ = self.tx.send(ControlEvent::Vm {
+                generation: self.generation,
+                event: VmEvent::VserportChange {
+                    id: id.clone(),
+                    open,
+                },
+            });
+        }
+    }
+}
+
+/// Everything `build` needs from the machine.
+pub struct PciContext<'a> {
+    pub vm: Arc<VmFd>,
+    pub mem: &'a GuestMemoryMmap,
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+    pub events: ControlSender,
+    pub generation: u64,
+    /// Opened chardevs by id (for virtio-serial ports).
+    pub chardevs: &'a HashMap<String, Arc<Chardev>>,
+}
+
+type SerialPortSpec = (Option<String>, String, Option<String>, bool);
+type PendingSerial = (
+    Option<String>,
+    Option<crate::cmdline::devices::PciAddr>,
+    u32,
+);
+
+/// Builds the devices one by one, keeping what the I/O thread will need.
+struct Builder<'a> {
+    ctx: PciContext<'a>,
+    routing: Arc<Routing>,
+    bus: Arc<PciBus>,
+    plumbing: Arc<BarPlumbing>,
+    bars: BarAllocator,
+    io_devices: Vec<SharedIoDevice>,
+    kicks: Vec<QueueKick>,
+    statics: Vec<StaticFd>,
+    attached: Vec<Attached>,
+    /// virtio-serial ports belong to the virtio-serial device before them.
+    pending_serial: Option<PendingSerial>,
+    serial_ports: Vec<SerialPortSpec>,
+}
+
+impl Builder<'_> {
+    /// Puts a virtio model on the bus: transport, MSI-X vectors, INTx line, BARs,
+    /// doorbell eventfds.
+    fn place(
+        &mut self,
+        model: Box<dyn VirtioDevice>,
+        want: Option<crate::cmdline::devices::PciAddr>,
+        qdev_id: &str,
+    ) -> Result<PciAddress, PciSetupError> {
+        let addr = match want {
+            Some(a) => PciAddress::new(0, a.slot, a.function).map_err(err)?,
+            None => self
+                .bus
+                .free_slot()
+                .ok_or_else(|| err("no free PCI slot"))?,
+        };
+        let queues = model.queue_max_sizes().len();
+        let vectors = (0..=queues)
+            .map(|_| self.routing.allocate())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err)?;
+        let msi = Arc::new(KvmMsi {
+            routing: self.routing.clone(),
+            vectors,
+        });
+        let gsi = addr
+            .intx_gsi(1)
+            .ok_or_else(|| err("no INTx line for the slot"))?;
+        let intx = EventFd::new(libc::EFD_NONBLOCK).map_err(err)?;
+        let resample = EventFd::new(libc::EFD_NONBLOCK).map_err(err)?;
+        self.ctx
+            .vm
+            .register_irqfd_with_resample(&intx, &resample, gsi)
+            .map_err(err)?;
+        let dev = VirtioPciDevice::new(
+            model,
+            self.ctx.mem.clone(),
+            msi,
+            Some(Arc::new(IntxLine(intx))),
+        )
+        .map_err(err)?;
+        let dev = Arc::new(Mutex::new(dev));
+        self.bars.assign(&mut *lock(&dev)).map_err(err)?;
+        let index = self.io_devices.len();
+        let mut fds = Vec::new();
+        for q in 0..queues {
+            let e = EventFd::new(libc::EFD_NONBLOCK).map_err(err)?;
+            self.kicks.push(QueueKick {
+                eventfd: e.try_clone().map_err(err)?,
+                device: index,
+                queue: q,
+            });
+            fds.push(e);
+        }
+        self.statics.push(StaticFd {
+            fd: resample.as_raw_fd(),
+            device: index,
+            token: RESAMPLE_TOKEN,
+            owner: Some(resample),
+        });
+        lock(&self.plumbing.kicks).insert(addr.devfn(), (fds, Vec::new()));
+        let shared: SharedPciDevice = dev.clone();
+        self.bus
+            .add_device(addr, shared, qdev_id.to_string())
+            .map_err(err)?;
+        self.io_devices.push(dev);
+        Ok(addr)
+    }
+
+    /// Builds the pending virtio-serial device with the ports given after it.
+    fn flush_serial(&mut self) -> Result<(), PciSetupError> {
+        let Some((id, want, max_ports)) = self.pending_serial.take() else {
+            return Ok(());
+        };
+        let mut configs = Vec::new();
+        let mut inputs = Vec::new();
+        for (pid, chardev, name, console) in std::mem::take(&mut self.serial_ports) {
+            let cd = self
+                .ctx
+                .chardevs
+                .get(&chardev)
+                .ok_or_else(|| err(format!("chardev '{chardev}' not found")))?
+                .clone();
+            let out = cd.writer();
+            configs.push(if console {
+                PortConfig::console(out)
+            } else {
+                PortConfig::serial(name, out)
+            });
+            inputs.push((pid.unwrap_or_else(|| chardev.clone()), cd));
+        }
+        let cfg = ConsoleConfig {
+            max_ports,
+            ..ConsoleConfig::default()
+        };
+        // Port numbers follow QEMU's rule (a console at 0, others from 1); the model
+        // assigns them, so the id of each is filled in once it exists.
+        let ids = Arc::new(Mutex::new(Vec::new()));
+        let events = Arc::new(DeferredPortNotify {
+            tx: self.ctx.events.clone(),
+            generation: self.ctx.generation,
+            ids: ids.clone(),
+        });
+        let console = VirtioConsole::new(cfg, configs, events).map_err(err)?;
+        let numbers = console.ports();
+        let model = Arc::new(Mutex::new(console));
+        for ((pid, cd), nr) in inputs.into_iter().zip(numbers) {
+            lock(&ids).push((nr, pid));
+            let m = model.clone();
+            cd.set_input(Arc::new(move |bytes: &[u8]| {
+                // The port holds up to 64 KiB until the guest reads; past that, wait
+                // (this is the chardev's reader thread), giving up after ten seconds.
+                let mut rest = bytes;
+                for _ in 0..2000 {
+                    let n = lock(&m).push_input(nr, rest).unwrap_or(0);
+                    rest = &rest[n..];
+                    if rest.is_empty() {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            }));
+            let _ = lock(&model).set_host_connected(nr, true);
+        }
+        let qdev_id = id.unwrap_or_default();
+        self.place(Box::new(Shared(model)), want, &qdev_id)?;
+        self.attached.push(Attached::Console);
+        Ok(())
+    }
+
+    fn block(
+        &mut self,
+        id: &Option<String>,
+        addr: Option<crate::cmdline::devices::PciAddr>,
+        d: &DriveSpec,
+        serial: &Option<String>,
+        num_queues: u16,
+    ) -> Result<(), PciSetupError> {
+        use crate::cmdline::devices::{AioEngine, CacheMode};
+        let mut dc = block::DiskConfig::new(&d.file);
+        dc.read_only = d.read_only;
+        dc.cache = match d.cache {
+            CacheMode::Writeback => block::CacheMode::Writeback,
+            CacheMode::None => block::CacheMode::None,
+            CacheMode::Writethrough => block::CacheMode::Writethrough,
+            CacheMode::Unsafe => block::CacheMode::Unsafe,
+        };
+        dc.discard = if d.discard {
+            block::DiscardMode::Unmap
+        } else {
+            block::DiscardMode::Ignore
+        };
+        dc.aio = match d.aio {
+            AioEngine::IoUring => block::AioMode::IoUring,
+            AioEngine::Threads => block::AioMode::Threads,
+        };
+        dc.serial = serial.clone().or_else(|| d.serial.clone());
+        let image =
+            block::RawImage::open(&dc).map_err(|e| err(format!("drive '{}': {e}", d.id)))?;
+        let qdev_id = id.clone().unwrap_or_default();
+        let mut bc = VirtioBlockConfig::new(if qdev_id.is_empty() {
+            d.id.clone()
+        } else {
+            qdev_id.clone()
+        });
+        bc.num_queues = num_queues;
+        bc.werror = policy(d.werror);
+        bc.rerror = policy(d.rerror);
+        let mut blk = VirtioBlock::new(image, bc).map_err(err)?;
+        blk.set_error_handler(Arc::new(BlockErrors {
+            tx: self.ctx.events.clone(),
+            generation: self.ctx.generation,
+        }));
+        let model = Arc::new(Mutex::new(blk));
+        self.place(Box::new(Shared(model.clone())), addr, &qdev_id)?;
+        self.attached.push(Attached::Block {
+            qdev_id,
+            drive: d.clone(),
+            model,
+        });
+        Ok(())
+    }
+
+    fn net(
+        &mut self,
+        id: &Option<String>,
+        addr: Option<crate::cmdline::devices::PciAddr>,
+        n: &NetdevSpec,
+        mac: Option<[u8; 6]>,
+    ) -> Result<(), PciSetupError> {
+        let tap = net::Tap::open(n.ifname.as_deref().unwrap_or(""))
+            .map_err(|e| err(format!("netdev '{}': {e}", n.id)))?;
+        let qdev_id = id.clone().unwrap_or_default();
+        let nics = self
+            .attached
+            .iter()
+            .filter(|a| matches!(a, Attached::Net { .. }))
+            .count();
+        let name = if qdev_id.is_empty() {
+            format!("net{nics}")
+        } else {
+            qdev_id.clone()
+        };
+        // QEMU's default MACs: 52:54:00:12:34:56, then :57 and so on.
+        let mac = mac.unwrap_or([
+            0x52,
+            0x54,
+            0x00,
+            0x12,
+            0x34,
+            0x56u8.wrapping_add(nics as u8),
+        ]);
+        let path = format!("/machine/peripheral/{name}/virtio-backend");
+        let events = Arc::new(NetNotify {
+            tx: self.ctx.events.clone(),
+            generation: self.ctx.generation,
+            name: name.clone(),
+            path,
+        });
+        let model = Arc::new(Mutex::new(VirtioNet::new(
+            Box::new(tap),
+            NetConfig {
+                name: name.clone(),
+                mac,
+            },
+            events,
+        )));
+        self.place(Box::new(Shared(model.clone())), addr, &qdev_id)?;
+        self.attached.push(Attached::Net {
+            qdev_id: name,
+            model,
+        });
+        Ok(())
+    }
+}
+
+/// Builds the PCI bus and its devices, or nothing when there are none.
+pub fn build(
+    ctx: PciContext<'_>,
+    specs: &[DeviceSpec],
+    drives: &[DriveSpec],
+    netdevs: &[NetdevSpec],
+) -> Result<Option<PciDevices>, PciSetupError> {
+    if specs.is_empty() {
+        return Ok(None);
+    }
+    let routing = Arc::new(Routing::new(ctx.vm.clone()));
+    let bus = Arc::new(PciBus::new());
+    let plumbing = Arc::new(BarPlumbing {
+        vm: ctx.vm.clone(),
+        pio: ctx.pio.clone(),
+        mmio: ctx.mmio.clone(),
+        kicks: Mutex::new(HashMap::new()),
+    });
+    bus.set_remap_handler(plumbing.clone());
+    ctx.pio
+        .insert(
+            Arc::new(Mutex::new(PciConfigIo::new(bus.clone()))),
+            u64::from(layout::PCI_CONFIG_IO_PORT),
+            layout::PCI_CONFIG_IO_LEN,
+        )
+        .map_err(err)?;
+    ctx.mmio
+        .insert(
+            Arc::new(Mutex::new(PciConfigMmio::new(bus.clone()))),
+            layout::PCI_ECAM_START,
+            layout::PCI_ECAM_SIZE,
+        )
+        .map_err(err)?;
+    let bars = BarAllocator::new(
+        layout::PCI_MMIO32_START..layout::PCI_MMIO32_END,
+        layout::PCI_IO_START..layout::PCI_IO_END,
+    );
+    let mut b = Builder {
+        ctx,
+        routing,
+        bus: bus.clone(),
+        plumbing,
+        bars,
+        io_devices: Vec::new(),
+        kicks: Vec::new(),
+        statics: Vec::new(),
+        attached: Vec::new(),
+        pending_serial: None,
+        serial_ports: Vec::new(),
+    };
+    for spec in specs {
+        if !matches!(spec, DeviceSpec::VirtioSerialPort { .. }) {
+            b.flush_serial()?;
+        }
+        match spec {
+            DeviceSpec::VirtioBlk {
+                id,
+                addr,
+                drive,
+                serial,
+                num_queues,
+            } => {
+                let d = drives
+                    .iter()
+                    .find(|d| d.id == *drive)
+                    .ok_or_else(|| err(format!("drive '{drive}' not found")))?;
+                b.block(id, *addr, d, serial, *num_queues)?;
+            }
+            DeviceSpec::VirtioNet {
+                id,
+                addr,
+                netdev,
+                mac,
+            } => {
+                let n = netdevs
+                    .iter()
+                    .find(|n| n.id == *netdev)
+                    .ok_or_else(|| err(format!("netdev '{netdev}' not found")))?;
+                b.net(id, *addr, n, *mac)?;
+            }
+            DeviceSpec::VirtioSerial {
+                id,
+                addr,
+                max_ports,
+            } => {
+                b.pending_serial = Some((id.clone(), *addr, *max_ports));
+            }
+            DeviceSpec::VirtioSerialPort {
+                id,
+                chardev,
+                name,
+                console,
+            } => {
+                b.serial_ports
+                    .push((id.clone(), chardev.clone(), name.clone(), *console));
+            }
+        }
+    }
+    b.flush_serial()?;
+    let io = crate::io_thread::IoThread::spawn("io".into(), b.io_devices, b.kicks, b.statics)
+        .map_err(err)?;
+    Ok(Some(PciDevices {
+        bus,
+        attached: b.attached,
+        _io: io,
+    }))
+}
+
+/// Port-open notifications whose port numbers are known only once the model exists.
+struct DeferredPortNotify {
+    tx: ControlSender,
+    generation: u64,
+    ids: Arc<Mutex<Vec<(u32, String)>>>,
+}
+
+impl ConsoleEvents for DeferredPortNotify {
+    fn port_open_changed(&self, port: u32, open: bool) {
+        let ids = lock(&self.ids).clone();
+        PortNotify {
+            tx: self.tx.clone(),
+            generation: self.generation,
+            ids,
+        }
+        .port_open_changed(port, open)
+    }
+}
+
+fn policy(a: crate::cmdline::devices::ErrorAction) -> devices::virtio::block::ErrorPolicy {
+    use crate::cmdline::devices::ErrorAction as A;
+    use devices::virtio::block::ErrorPolicy as P;
+    match a {
+        A::Report => P::Report,
+        A::Ignore => P::Ignore,
+        A::Stop => P::Stop,
+        A::Enospc => P::Enospc,
+    }
+}
