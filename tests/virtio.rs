@@ -9,6 +9,7 @@ mod common;
 use common::{guest, temp_path, Qmp, Vm, BOOT_TIMEOUT};
 use serde_json::{json, Value};
 use std::path::Path;
+use std::process::Command;
 
 fn image(path: &Path, size: u64, at: u64, pattern: &[u8]) {
     let f = std::fs::File::create(path).unwrap();
@@ -135,4 +136,211 @@ fn virtio_blk_reads_writes_flushes_and_reports() {
     );
     std::fs::remove_file(&a).ok();
     std::fs::remove_file(&b).ok();
+}
+
+fn sh(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", cmd])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Runs a shell command when dropped: cleans up a namespace or mount even if the test fails.
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        sh(&self.0);
+    }
+}
+
+/// werror=stop: a write that hits ENOSPC on the host pauses the machine in io-error with
+/// BLOCK_IO_ERROR; after space is freed, `cont` retries it and nothing is lost.
+#[test]
+#[ignore = "boots a guest: run by `make test`"]
+fn werror_stop_pauses_and_cont_retries_after_space_is_freed() {
+    let dir = temp_path("fullfs");
+    std::fs::create_dir_all(&dir).unwrap();
+    assert!(
+        sh(&format!(
+            "mount -t tmpfs -o size=512k kestrel-test {}",
+            dir.display()
+        )),
+        "mount tmpfs (needs root)"
+    );
+    let _umount = Cleanup(format!("umount {}", dir.display()));
+    let img = dir.join("disk.img");
+    image(&img, 16 << 20, 0, b"");
+    let drive = format!(
+        "file={},format=raw,if=none,id=d0,werror=stop",
+        img.display()
+    );
+    let (mut vm, mut q) = boot(
+        "werror",
+        "guest.run=yes,KESTREL-ENOSPC,|,head,-c,2097152,|,dd,of=/dev/vda,bs=64k,conv=fsync,status=none",
+        &["-drive", &drive, "-device", "virtio-blk-pci,drive=d0,id=disk0"],
+    );
+    let e = q.event("BLOCK_IO_ERROR");
+    assert_eq!(e["data"]["device"], "disk0", "{e}");
+    assert_eq!(e["data"]["operation"], "write");
+    assert_eq!(e["data"]["action"], "stop");
+    assert_eq!(e["data"]["nospace"], true);
+    q.event("STOP");
+    assert_eq!(
+        q.ok("query-status", Value::Null),
+        json!({"running": false, "status": "io-error"})
+    );
+    assert!(
+        !vm.console().contains("GUEST-RUN-END"),
+        "the guest's write has not completed"
+    );
+    assert!(sh(&format!("mount -o remount,size=64m {}", dir.display())));
+    q.ok("cont", Value::Null);
+    vm.wait_for("GUEST-RUN-END", BOOT_TIMEOUT);
+    let out = vm.console();
+    assert!(
+        out.contains("GUEST-RUN-END status=0"),
+        "the write completed after cont: {out}"
+    );
+    q.ok("system_powerdown", Value::Null);
+    assert_eq!(vm.wait_exit(BOOT_TIMEOUT).code(), Some(0));
+    let data = std::fs::read(&img).unwrap();
+    let want: Vec<u8> = b"KESTREL-ENOSPC\n"
+        .iter()
+        .copied()
+        .cycle()
+        .take(2 << 20)
+        .collect();
+    assert!(
+        data[..2 << 20] == want[..],
+        "every byte the guest wrote is on disk"
+    );
+}
+
+/// virtio-net on a tap in a namespace the test makes: the guest pings the host and the
+/// host pings the guest; set_link down stops traffic and up restores it.
+#[test]
+#[ignore = "boots a guest: run by `make test`"]
+fn virtio_net_on_tap_pings_both_ways_and_follows_set_link() {
+    let ns = format!("kestrel-t{}", std::process::id());
+    let x = |c: &str| sh(&format!("ip netns exec {ns} {c}"));
+    assert!(
+        sh(&format!("ip netns add {ns}")),
+        "ip netns add (needs root and iproute2)"
+    );
+    let _ns = Cleanup(format!("ip netns del {ns}"));
+    assert!(x("ip tuntap add dev ktap0 mode tap"));
+    assert!(x("ip addr add 10.0.2.1/24 dev ktap0"));
+    assert!(x("ip link set ktap0 up"));
+    let g = guest();
+    let sock = temp_path("net.qmp");
+    let qmp = format!("unix:{},server=on,wait=off", sock.display());
+    let append = format!(
+        "{} guest.run=ip,link,set,eth0,up guest.run=ip,addr,add,10.0.2.15/24,dev,eth0 guest.run=ping,-c,2,-W,20,10.0.2.1",
+        g.cmdline
+    );
+    let mut vm = Vm::start_in_netns(
+        &ns,
+        &[
+            "-nodefaults",
+            "-nographic",
+            "-serial",
+            "stdio",
+            "-m",
+            "256",
+            "-kernel",
+            g.vmlinux.to_str().unwrap(),
+            "-initrd",
+            g.busybox.to_str().unwrap(),
+            "-append",
+            &append,
+            "-qmp",
+            &qmp,
+            "-netdev",
+            "tap,id=n0,ifname=ktap0,script=no,downscript=no",
+            "-device",
+            "virtio-net-pci,netdev=n0,id=net0",
+        ],
+    );
+    let mut q = Qmp::connect(&sock);
+    q.negotiate();
+    vm.wait_for("GUEST-RUN ping", BOOT_TIMEOUT);
+    vm.wait_for_count("GUEST-RUN-END", 3, BOOT_TIMEOUT);
+    let ping = vm.run_output("ping -c 2 -W 20 10.0.2.1").unwrap();
+    assert!(ping.contains("2 packets received"), "guest to host: {ping}");
+    assert!(x("ping -c 2 -W 10 10.0.2.15"), "host to guest");
+    let f = q.ok("query-rx-filter", json!({"name": "net0"}));
+    assert_eq!(f[0]["main-mac"], "52:54:00:12:34:56", "{f}");
+    assert!(
+        q.events
+            .iter()
+            .any(|e| e["event"] == "NIC_RX_FILTER_CHANGED")
+            || {
+                // It may still be in flight; the guest configured its filters when eth0 came up.
+                let e = q.event("NIC_RX_FILTER_CHANGED");
+                e["data"]["name"] == "net0"
+            }
+    );
+    q.ok("set_link", json!({"name": "net0", "up": false}));
+    assert!(
+        !x("ping -c 2 -W 2 10.0.2.15"),
+        "no traffic with the link down"
+    );
+    q.ok("set_link", json!({"name": "net0", "up": true}));
+    assert!(
+        x("ping -c 3 -W 10 10.0.2.15"),
+        "traffic again with the link up"
+    );
+    let r = q.cmd("set_link", json!({"name": "nope", "up": true}));
+    assert_eq!(r["error"]["class"], "DeviceNotFound");
+    q.ok("quit", Value::Null);
+    vm.wait_exit(BOOT_TIMEOUT);
+}
+
+/// virtio-console: a virtserialport backed by a unix-socket chardev echoes through the
+/// guest, and VSERPORT_CHANGE follows the guest opening and closing the port.
+#[test]
+#[ignore = "boots a guest: run by `make test`"]
+fn virtio_console_echoes_through_a_socket_chardev() {
+    use std::io::{BufRead, Write};
+    let port_sock = temp_path("vport.sock");
+    let chardev = format!(
+        "socket,id=vc0,path={},server=on,wait=off",
+        port_sock.display()
+    );
+    let (mut vm, mut q) = boot(
+        "vport",
+        "guest.run=exec,3<>/dev/vport0p1;,head,-n1,<&3,|,tr,a-z,A-Z,>&3",
+        &[
+            "-chardev",
+            &chardev,
+            "-device",
+            "virtio-serial-pci,id=vser0",
+            "-device",
+            "virtserialport,chardev=vc0,name=org.kestrel.0,id=port0",
+        ],
+    );
+    let s = std::os::unix::net::UnixStream::connect(&port_sock).unwrap();
+    s.set_read_timeout(Some(BOOT_TIMEOUT)).unwrap();
+    let e = q.event("VSERPORT_CHANGE");
+    assert_eq!(e["data"], json!({"id": "port0", "open": true}));
+    (&s).write_all(b"hello from the host\n").unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(&s).read_line(&mut line).unwrap();
+    assert_eq!(line, "HELLO FROM THE HOST\n");
+    let e = q.event("VSERPORT_CHANGE");
+    assert_eq!(e["data"], json!({"id": "port0", "open": false}));
+    vm.wait_for("GUEST-RUN-END status=0", BOOT_TIMEOUT);
+    let names = q.ok("query-chardev", Value::Null);
+    assert!(
+        names
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["label"] == "vc0"),
+        "{names}"
+    );
+    q.ok("quit", Value::Null);
+    vm.wait_exit(BOOT_TIMEOUT);
 }

@@ -367,3 +367,21 @@ impl Qmp {
         }
     }
 }
+
+impl Vm {
+    /// Starts kestrel with `args` inside network namespace `ns` (`ip netns exec`).
+    pub fn start_in_netns(ns: &str, args: &[&str]) -> Vm {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(kestrel())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start kestrel in a network namespace");
+        let out = collect(child.stdout.take().unwrap());
+        let err = collect(child.stderr.take().unwrap());
+        Vm { child, out, err }
+    }
+}
