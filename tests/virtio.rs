@@ -47,15 +47,18 @@ fn virtio_blk_reads_writes_flushes_and_reports() {
     );
     let words = "guest.run=cat,/sys/block/vda/serial guest.run=dd,if=/dev/vda,bs=1M,skip=1,count=1,status=none,|,head,-c,22 \
                  guest.run=head,-c,16,/dev/vdb guest.run=printf,GUEST-WRITTEN-PATTERN,|,dd,of=/dev/vda,conv=fsync,status=none \
-                 guest.run=printf,X,>/dev/vdb guest.run=cat,/sys/block/vdb/ro";
+                 guest.run=printf,X,>/dev/vdb guest.run=cat,/sys/block/vdb/ro guest.run=ls,/sys/block/vda/mq";
     let (mut vm, mut q) = boot(
         "blk",
         words,
         &[
+            // Linux uses at most one virtio-blk queue per CPU.
+            "-smp",
+            "2",
             "-drive",
             &drive_a,
             "-device",
-            "virtio-blk-pci,drive=d0,id=disk0,serial=KESTREL-SN-1",
+            "virtio-blk-pci,drive=d0,id=disk0,serial=KESTREL-SN-1,num-queues=2",
             "-blockdev",
             &file_b,
             "-blockdev",
@@ -64,8 +67,14 @@ fn virtio_blk_reads_writes_flushes_and_reports() {
             "virtio-blk-pci,drive=r1,id=disk1,addr=0x6",
         ],
     );
-    vm.wait_for("GUEST-RUN cat /sys/block/vdb/ro", BOOT_TIMEOUT);
-    vm.wait_for_count("GUEST-RUN-END", 6, BOOT_TIMEOUT);
+    vm.wait_for("GUEST-RUN ls /sys/block/vda/mq", BOOT_TIMEOUT);
+    vm.wait_for_count("GUEST-RUN-END", 7, BOOT_TIMEOUT);
+    let mq = vm.run_output("ls /sys/block/vda/mq").unwrap();
+    assert_eq!(
+        mq.split_whitespace().collect::<Vec<_>>(),
+        ["0", "1"],
+        "num-queues=2 gives two hardware queues"
+    );
     assert_eq!(
         vm.run_output("cat /sys/block/vda/serial").unwrap().trim(),
         "KESTREL-SN-1"
