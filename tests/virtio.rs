@@ -353,3 +353,32 @@ fn virtio_console_echoes_through_a_socket_chardev() {
     q.ok("quit", Value::Null);
     vm.wait_exit(BOOT_TIMEOUT);
 }
+
+/// With MSI disabled in the guest (`pci=nomsi`), virtio falls back to INTx: a level
+/// interrupt on the slot's IOAPIC pin, re-asserted through KVM's resample fd.
+#[test]
+#[ignore = "boots a guest: run by `make test`"]
+fn virtio_blk_works_on_intx_without_msi() {
+    let a = temp_path("intx.img");
+    image(&a, 8 << 20, 4096, b"INTX-PATTERN\n");
+    let drive = format!("file={},format=raw,if=virtio", a.display());
+    let (mut vm, mut q) = boot(
+        "intx",
+        "pci=nomsi guest.run=dd,if=/dev/vda,bs=4k,skip=1,count=1,status=none,|,head,-c,12 guest.run=grep,virtio,/proc/interrupts",
+        &["-drive", &drive],
+    );
+    vm.wait_for_count("GUEST-RUN-END", 2, BOOT_TIMEOUT);
+    assert_eq!(
+        vm.run_output("dd if=/dev/vda bs=4k skip=1 count=1 status=none | head -c 12")
+            .unwrap(),
+        "INTX-PATTERN"
+    );
+    let irqs = vm.run_output("grep virtio /proc/interrupts").unwrap();
+    assert!(
+        irqs.contains("IO-APIC") && !irqs.contains("PCI-MSI"),
+        "virtio on an IOAPIC line, no MSI: {irqs}"
+    );
+    q.ok("quit", Value::Null);
+    vm.wait_exit(BOOT_TIMEOUT);
+    std::fs::remove_file(&a).ok();
+}
