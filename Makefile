@@ -58,6 +58,7 @@ test: ## the whole suite: deps, lint, guest, release build, cargo test --release
 bench: deps guest ## benchmarks against QEMU on this machine (see docs/performance.md)
 	$(CARGO) bench -p vmm --bench boot
 	$(CARGO) bench -p vmm --bench qmp
+	$(CARGO) bench -p vmm --bench blk
 
 clean-guest: ## remove target/guest (the cache in $KESTREL_CACHE/guest stays)
 	rm -rf $(GUEST_DIR)

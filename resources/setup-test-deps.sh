@@ -21,8 +21,9 @@ set -euo pipefail
 #   socat            talking to a QMP socket by hand (make run)
 #   iputils-ping     the host side of the virtio-net test pings the guest
 #   strace           the boot benchmark traces exec and KVM_RUN of both VMMs the same way
+#   fio              the virtio-blk benchmark measures the host's own limit with it
 #   python3-pip, python3-venv  the Python QMP client (below)
-PKGS=(qemu-system-x86 qemu-utils acpica-tools busybox-static cpio iproute2 iputils-ping e2fsprogs socat strace
+PKGS=(qemu-system-x86 qemu-utils acpica-tools busybox-static cpio iproute2 iputils-ping e2fsprogs socat strace fio
       python3-pip python3-venv)
 PY_PKGS=(qemu.qmp==0.0.6)
 

@@ -470,7 +470,13 @@ impl VirtioBlock {
                         }
                         finish(active, qi, head, status, value, written)?;
                     }
-                    Parsed::Submit(status, op) => self.start(active, qi, head, status, op)?,
+                    Parsed::Submit(status, op) => {
+                        self.start(active, qi, head, status, op)?;
+                        // Hand each request to the kernel at once: holding a batch until
+                        // the ring is drained leaves the disk idle while we parse the rest
+                        // (measured: 0.85x fio's random-write IOPS batched, 1.03x not).
+                        self.disk.submit().map_err(backend)?;
+                    }
                 }
             }
             let more = active.queues[index]
