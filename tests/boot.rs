@@ -248,3 +248,31 @@ fn no_shutdown_keeps_the_machine_for_the_monitor() {
     q.ok("quit", serde_json::Value::Null);
     assert_eq!(vm.wait_exit(BOOT_TIMEOUT).code(), Some(0));
 }
+
+/// A real kernel panic reaches the host through pvpanic (found by the guest's driver from
+/// the ACPI `QEMU0001` device): with no init to run the kernel panics, and Kestrel reports
+/// GUEST_PANICKED and carries out the default action (poweroff).
+#[test]
+#[ignore = "boots a guest: run by `make test`"]
+fn a_guest_kernel_panic_reaches_qmp_through_pvpanic() {
+    let g = guest();
+    let sock = common::temp_path("panic.qmp");
+    let qmp = format!("unix:{},server=on,wait=off", sock.display());
+    let mut vm = Vm::boot(
+        &g,
+        &g.tiny,
+        "rdinit=/no-such-init",
+        &["-m", "128", "-device", "pvpanic", "-qmp", &qmp],
+    );
+    let mut q = common::Qmp::connect(&sock);
+    q.negotiate();
+    let p = q.event("GUEST_PANICKED");
+    assert_eq!(p["data"]["action"], "poweroff", "{p}");
+    let s = q.event("SHUTDOWN");
+    assert_eq!(
+        s["data"],
+        serde_json::json!({"guest": true, "reason": "guest-panic"})
+    );
+    assert_eq!(vm.wait_exit(BOOT_TIMEOUT).code(), Some(0));
+    assert!(vm.console().contains("Kernel panic"), "{}", vm.console());
+}

@@ -588,3 +588,51 @@ fn wait_on_pretty_mon_and_stdio() {
     );
     assert!(lines[3].contains("\"SHUTDOWN\""), "{out}");
 }
+
+/// pvpanic: a guest that writes PANICKED to port 0x505 gets the panic action: by
+/// default GUEST_PANICKED(poweroff) and SHUTDOWN(guest-panic); with set-action panic=pause,
+/// GUEST_PANICKED(pause) and the machine stopped in guest-panicked.
+#[test]
+fn pvpanic_reports_a_guest_panic_with_its_action() {
+    let k = tiny_kernel("pvpanic", "TINY-PANIC\n", Some((0x505, 1)));
+    for pause in [false, true] {
+        let sock = temp_path(&format!("pvpanic-{pause}.qmp"));
+        let qmp = format!("unix:{},server=on,wait=off", sock.display());
+        let mut vm = Vm::start(&[
+            "-nodefaults",
+            "-serial",
+            "stdio",
+            "-m",
+            "32",
+            "-S",
+            "-kernel",
+            k.to_str().unwrap(),
+            "-device",
+            "pvpanic",
+            "-qmp",
+            &qmp,
+        ]);
+        let mut q = Qmp::connect(&sock);
+        q.negotiate();
+        if pause {
+            q.ok("set-action", json!({"panic": "pause"}));
+        }
+        q.ok("cont", Value::Null);
+        let p = q.event("GUEST_PANICKED");
+        if pause {
+            assert_eq!(p["data"]["action"], "pause", "{p}");
+            q.event("STOP");
+            assert_eq!(
+                q.ok("query-status", Value::Null),
+                json!({"running": false, "status": "guest-panicked"})
+            );
+            q.ok("quit", Value::Null);
+        } else {
+            assert_eq!(p["data"]["action"], "poweroff", "{p}");
+            let s = q.event("SHUTDOWN");
+            assert_eq!(s["data"], json!({"guest": true, "reason": "guest-panic"}));
+        }
+        assert_eq!(vm.wait_exit(T).code(), Some(0));
+        assert_eq!(vm.console(), "TINY-PANIC\n");
+    }
+}

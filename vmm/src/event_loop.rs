@@ -516,6 +516,14 @@ impl EventLoop {
                     mon.emit("NIC_RX_FILTER_CHANGED", &ev);
                     return None;
                 }
+                VmEvent::GuestPanic(devices::legacy::pvpanic::PanicEvent::Panicked) => {
+                    MachineEvent::GuestPanic(None)
+                }
+                VmEvent::GuestPanic(devices::legacy::pvpanic::PanicEvent::CrashLoaded) => {
+                    // A kdump kernel took over: the guest keeps running (QEMU: action run).
+                    mon.emit("GUEST_CRASHLOADED", &serde_json::json!({"action": "run"}));
+                    return None;
+                }
                 VmEvent::VserportChange { id, open } => {
                     mon.emit(
                         "VSERPORT_CHANGE",

@@ -559,7 +559,7 @@ pub fn build(
     drives: &[DriveSpec],
     netdevs: &[NetdevSpec],
 ) -> Result<Option<PciDevices>, PciSetupError> {
-    if specs.is_empty() {
+    if !specs.iter().any(is_pci) {
         return Ok(None);
     }
     let routing = Arc::new(Routing::new(ctx.vm.clone()));
@@ -648,6 +648,8 @@ pub fn build(
                 b.serial_ports
                     .push((id.clone(), chardev.clone(), name.clone(), *console));
             }
+            // ISA devices belong to the machine (vm.rs), not the PCI bus.
+            DeviceSpec::Pvpanic { .. } => {}
         }
     }
     b.flush_serial()?;
@@ -658,6 +660,11 @@ pub fn build(
         attached: b.attached,
         _io: io,
     }))
+}
+
+/// Whether a device sits on the PCI bus.
+pub fn is_pci(d: &DeviceSpec) -> bool {
+    !matches!(d, DeviceSpec::Pvpanic { .. })
 }
 
 /// Port-open notifications whose port numbers are known only once the model exists.

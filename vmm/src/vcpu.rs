@@ -376,6 +376,8 @@ pub enum VmEvent {
     BlockIoError(devices::virtio::block::BlockIoError),
     /// A NIC's receive filter changed (NIC_RX_FILTER_CHANGED).
     NicRxFilterChanged { name: String, path: String },
+    /// The guest reported a panic or a loaded crash kernel through pvpanic.
+    GuestPanic(devices::legacy::pvpanic::PanicEvent),
     /// The guest opened or closed a virtio-serial port (VSERPORT_CHANGE).
     VserportChange { id: String, open: bool },
 }

@@ -13,6 +13,7 @@ use arch::regs::{self, BootProtocol};
 use devices::legacy::acpi_ged::{AcpiGed, ACPI_GED_EVENT_POWER_BUTTON};
 use devices::legacy::acpi_pm::AcpiPmDevice;
 use devices::legacy::i8042::I8042Device;
+use devices::legacy::pvpanic::{PanicEvent, PanicSink, Pvpanic};
 use devices::legacy::rtc::{CmosRtc, SystemClock};
 use devices::legacy::serial::SerialDevice;
 use devices::{Bus, ExitRequests, Interrupt, SharedDevice};
@@ -178,7 +179,12 @@ impl Vm {
         arch::mptable::setup_mptable(&mem, cfg.num_cpus)?;
         let mut acpi_cfg = arch::acpi::AcpiConfig::new(cfg.num_cpus);
         acpi_cfg.com1 = !serial_backends.is_empty();
-        acpi_cfg.pci = !cfg.devices.is_empty();
+        acpi_cfg.pci = cfg.devices.iter().any(crate::pci::is_pci);
+        let pvpanic_port = cfg.devices.iter().find_map(|d| match d {
+            crate::cmdline::devices::DeviceSpec::Pvpanic { ioport, .. } => Some(*ioport),
+            _ => None,
+        });
+        acpi_cfg.pvpanic = pvpanic_port;
         let rsdp = arch::acpi::create_acpi_tables(&mem, &acpi_cfg)?;
         let e820 = boot::e820_map(&mem);
         regs::write_boot_structures(&mem, kernel.protocol)?;
@@ -228,6 +234,17 @@ impl Vm {
             layout::ACPI_PM_PORT_LEN,
         )?;
 
+        if let Some(port) = pvpanic_port {
+            let sink = Arc::new(PanicToMachine {
+                events: events.clone(),
+                generation,
+            });
+            add(
+                Arc::new(Mutex::new(Pvpanic::new(sink))),
+                port,
+                Pvpanic::WINDOW_LEN,
+            )?;
+        }
         let ged = Arc::new(Mutex::new(AcpiGed::new(irqfd(
             &vm_fd,
             layout::ACPI_GED_IRQ,
@@ -349,6 +366,21 @@ impl Vm {
             .iter()
             .map(|v| (v.index(), v.thread_id()))
             .collect()
+    }
+}
+
+/// pvpanic reports go to the event loop, which runs the panic action.
+struct PanicToMachine {
+    events: ControlSender,
+    generation: u64,
+}
+
+impl PanicSink for PanicToMachine {
+    fn guest_panic(&self, event: PanicEvent) {
+        let _ = self.events.send(crate::ControlEvent::Vm {
+            generation: self.generation,
+            event: crate::vcpu::VmEvent::GuestPanic(event),
+        });
     }
 }
 

@@ -95,6 +95,8 @@ pub struct AcpiConfig {
     /// must then answer configuration cycles at [`layout::PCI_CONFIG_IO_PORT`] and in
     /// the ECAM window, and raise INTx on the GSIs of [`layout::pci_intx_gsi`].
     pub pci: bool,
+    /// The ISA pvpanic device (`QEMU0001`) at this I/O port, if present.
+    pub pvpanic: Option<u16>,
 }
 
 impl AcpiConfig {
@@ -108,6 +110,7 @@ impl AcpiConfig {
             i8042: true,
             ged: true,
             pci: true,
+            pvpanic: None,
         }
     }
 }
@@ -338,6 +341,9 @@ fn build_dsdt(cfg: &AcpiConfig) -> Vec<u8> {
         PciRoot.to_aml_bytes(&mut devices);
         MotherboardResources.to_aml_bytes(&mut devices);
     }
+    if let Some(port) = cfg.pvpanic {
+        Pvpanic(port).to_aml_bytes(&mut devices);
+    }
     if !devices.is_empty() {
         body.extend_from_slice(&aml::Scope::raw("\\_SB_".into(), devices));
     }
@@ -415,6 +421,19 @@ fn ps2_keyboard() -> IsaDevice {
         // Data port, then the command/status port 4 above it.
         io: vec![(layout::I8042_PORT, 1), (layout::I8042_PORT + 4, 1)],
         irq: layout::I8042_IRQ,
+    }
+}
+
+/// `\_SB.PEVT`: the ISA pvpanic device. Linux's pvpanic driver binds to `QEMU0001` and
+/// takes its port from `_CRS`.
+struct Pvpanic(u16);
+
+impl Aml for Pvpanic {
+    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
+        let hid = aml::Name::new("_HID".into(), &"QEMU0001");
+        let io = aml::IO::new(self.0, self.0, 1, 1);
+        let crs = aml::Name::new("_CRS".into(), &aml::ResourceTemplate::new(vec![&io]));
+        aml::Device::new("PEVT".into(), vec![&hid, &crs]).to_aml_bytes(sink);
     }
 }
 
@@ -965,6 +984,7 @@ mod tests {
     fn dsdt_disassembles_cleanly_with_iasl() {
         let cfg = AcpiConfig {
             com2: true,
+            pvpanic: Some(0x505),
             ..AcpiConfig::new(2)
         };
         let dsdt = tables(&cfg).dsdt;
@@ -985,6 +1005,9 @@ mod tests {
             "PNP0303",
             "Device (COM1)",
             "Device (COM2)",
+            "Device (PEVT)",
+            "\"QEMU0001\"",
+            "0x0505",
             "Device (RTC)",
             "Device (PS2K)",
             "0x03F8",

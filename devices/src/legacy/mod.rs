@@ -11,6 +11,7 @@
 pub mod acpi_ged;
 pub mod acpi_pm;
 pub mod i8042;
+pub mod pvpanic;
 pub mod rtc;
 pub mod serial;
 

@@ -110,6 +110,8 @@ pub enum DeviceSpec {
         addr: Option<PciAddr>,
         max_ports: u32,
     },
+    /// The ISA pvpanic device (`pvpanic`), at an I/O port.
+    Pvpanic { id: Option<String>, ioport: u16 },
     /// `virtconsole` (console: true) or `virtserialport`, on the virtio-serial device.
     VirtioSerialPort {
         id: Option<String>,
@@ -187,6 +189,13 @@ struct PortOpts {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PvpanicOpts {
+    id: Option<String>,
+    ioport: Option<String>,
+}
+
+#[derive(Deserialize)]
 #[serde(rename_all = "kebab-case")]
 enum DeviceOpts {
     VirtioBlkPci(BlkOpts),
@@ -194,13 +203,13 @@ enum DeviceOpts {
     VirtioSerialPci(SerialOpts),
     Virtconsole(PortOpts),
     Virtserialport(PortOpts),
+    Pvpanic(PvpanicOpts),
 }
 
 /// Devices QEMU has that later Kestrel issues add; named as unsupported, not unknown.
 const NOT_YET: &[&str] = &[
     "virtio-balloon-pci",
     "i6300esb",
-    "pvpanic",
     "pvpanic-pci",
     "virtio-blk-device",
     "virtio-net-device",
@@ -262,6 +271,22 @@ pub fn parse_device(arg: &str) -> Result<DeviceSpec, String> {
                 .is_some_and(|b| !b.starts_with("virtio-serial")) =>
         {
             return Err(format!("Bus '{}' not found", o.bus.unwrap_or_default()))
+        }
+        DeviceOpts::Pvpanic(o) => {
+            DeviceSpec::Pvpanic {
+                id: o.id,
+                ioport: match o.ioport {
+                    None => 0x505,
+                    Some(p) => {
+                        let v = match p.strip_prefix("0x") {
+                            Some(h) => u16::from_str_radix(h, 16).ok(),
+                            None => p.parse().ok(),
+                        };
+                        v.filter(|v| *v >= 0x100)
+                        .ok_or_else(|| format!("Property 'ioport' doesn't take value '{p}' (an I/O port from 0x100)"))?
+                    }
+                },
+            }
         }
         DeviceOpts::Virtconsole(o) => port(o, true)?,
         DeviceOpts::Virtserialport(o) => port(o, false)?,

@@ -238,7 +238,8 @@ static OPTIONS: &[OptSpec] = &[
         aliases: &[],
         arg: Some("driver[,prop=value...]"),
         help: "add a device: virtio-blk-pci,drive=ID[,serial=,num-queues=] | virtio-net-pci,netdev=ID[,mac=] | \
-               virtio-serial-pci | virtconsole,chardev=ID | virtserialport,chardev=ID,name=NAME; \
+               virtio-serial-pci | virtconsole,chardev=ID | virtserialport,chardev=ID,name=NAME | \
+               pvpanic[,ioport=0x505]; \
                all take id= and PCI ones addr=SLOT[.FN]",
         handler: |b, o| {
             b.devices.push((o.clone(), parse_device(o.arg())?));
@@ -913,6 +914,11 @@ fn resolve_devices(
                 netdevs_used.push(netdev.clone());
             }
             DeviceSpec::VirtioSerial { .. } => have_serial_bus = true,
+            DeviceSpec::Pvpanic { .. } => {
+                if out.iter().any(|d| matches!(d, DeviceSpec::Pvpanic { .. })) {
+                    return Err(origin.error("only one pvpanic device is supported"));
+                }
+            }
             DeviceSpec::VirtioSerialPort { chardev, .. } => {
                 if !have_serial_bus {
                     return Err(origin.error("No 'virtio-serial-bus' bus found for device (add -device virtio-serial-pci before it)"));
