@@ -276,3 +276,16 @@ fn a_guest_kernel_panic_reaches_qmp_through_pvpanic() {
     assert_eq!(vm.wait_exit(BOOT_TIMEOUT).code(), Some(0));
     assert!(vm.console().contains("Kernel panic"), "{}", vm.console());
 }
+
+/// inject-nmi reaches every vCPU: the guest logs an unknown NMI on each CPU.
+#[test]
+#[ignore = "boots a guest: run by `make test`"]
+fn inject_nmi_reaches_every_vcpu() {
+    let (mut vm, mut q) = boot_with_qmp("nmi", &["-smp", "2"]);
+    q.ok("inject-nmi", serde_json::Value::Null);
+    vm.wait_for_count("NMI received", 2, BOOT_TIMEOUT);
+    let c = vm.console();
+    assert!(c.contains("on CPU 0") && c.contains("on CPU 1"), "{c}");
+    q.ok("quit", serde_json::Value::Null);
+    assert_eq!(vm.wait_exit(BOOT_TIMEOUT).code(), Some(0));
+}
