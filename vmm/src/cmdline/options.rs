@@ -411,51 +411,17 @@ impl Builder {
         }
         let mut used: Vec<&str> = Vec::new();
         for (origin, spec) in &serials {
-            let backend = match spec {
-                SerialSpec::None => continue,
-                SerialSpec::Backend(b) => b.clone(),
-                SerialSpec::Chardev(id) => {
-                    let chardev = cfg
-                        .chardevs
-                        .iter()
-                        .find(|c| c.id == *id)
-                        .ok_or_else(|| origin.error(format!("chardev '{id}' not found")))?;
-                    if used.contains(&id.as_str()) {
-                        return Err(origin.error(format!("chardev '{id}' is already in use")));
-                    }
-                    used.push(id);
-                    chardev.backend.clone()
-                }
-            };
-            if cfg.daemonize && backend == ChardevBackend::Stdio {
-                return Err(origin.error("cannot use stdio with -daemonize"));
+            if let Some(backend) = chardev_for(&cfg, origin, spec, &mut used)? {
+                cfg.serials.push(backend);
             }
-            cfg.serials.push(backend);
         }
         for (origin, spec, pretty) in &monitors {
-            let backend = match spec {
-                SerialSpec::None => continue,
-                SerialSpec::Backend(b) => b.clone(),
-                SerialSpec::Chardev(id) => {
-                    let chardev = cfg
-                        .chardevs
-                        .iter()
-                        .find(|c| c.id == *id)
-                        .ok_or_else(|| origin.error(format!("chardev '{id}' not found")))?;
-                    if used.contains(&id.as_str()) {
-                        return Err(origin.error(format!("chardev '{id}' is already in use")));
-                    }
-                    used.push(id);
-                    chardev.backend.clone()
-                }
-            };
-            if cfg.daemonize && backend == ChardevBackend::Stdio {
-                return Err(origin.error("cannot use stdio with -daemonize"));
+            if let Some(backend) = chardev_for(&cfg, origin, spec, &mut used)? {
+                cfg.monitors.push(MonitorSpec {
+                    backend,
+                    pretty: *pretty,
+                });
             }
-            cfg.monitors.push(MonitorSpec {
-                backend,
-                pretty: *pretty,
-            });
         }
         if serials.is_empty() && !cfg.nodefaults {
             // QEMU's default is a `vc` console; Kestrel has none, so stdio (null once
@@ -481,6 +447,36 @@ impl Builder {
         }
         Ok(cfg)
     }
+}
+
+/// The backend a `-serial`/`-qmp`/`-mon` names: its own, or a `-chardev`'s by id (each
+/// chardev used once, recorded in `used`); `None` for `-serial none`.
+fn chardev_for<'a>(
+    cfg: &Config,
+    origin: &Origin,
+    spec: &'a SerialSpec,
+    used: &mut Vec<&'a str>,
+) -> Result<Option<ChardevBackend>, CmdlineError> {
+    let backend = match spec {
+        SerialSpec::None => return Ok(None),
+        SerialSpec::Backend(b) => b.clone(),
+        SerialSpec::Chardev(id) => {
+            let chardev = cfg
+                .chardevs
+                .iter()
+                .find(|c| c.id == *id)
+                .ok_or_else(|| origin.error(format!("chardev '{id}' not found")))?;
+            if used.contains(&id.as_str()) {
+                return Err(origin.error(format!("chardev '{id}' is already in use")));
+            }
+            used.push(id);
+            chardev.backend.clone()
+        }
+    };
+    if cfg.daemonize && backend == ChardevBackend::Stdio {
+        return Err(origin.error("cannot use stdio with -daemonize"));
+    }
+    Ok(Some(backend))
 }
 
 /// Parses the arguments (without `argv[0]`).
