@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io::{Read, Write};
 use std::sync::Arc;
 
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT, Reader, Writer};
+use virtio_queue::{Queue, QueueT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 
 use super::{
@@ -153,32 +153,7 @@ struct Active {
     queues: Vec<Queue>,
 }
 
-type Chain<'a> = DescriptorChain<&'a GuestMemoryMmap>;
-
-fn queue_err(e: impl std::fmt::Display) -> DeviceError {
-    DeviceError::Queue(e.to_string())
-}
-
-fn pop<'a>(q: &mut Queue, mem: &'a GuestMemoryMmap) -> Result<Option<Chain<'a>>, DeviceError> {
-    if !q.ready() {
-        return Ok(None);
-    }
-    Ok(q.iter(mem).map_err(queue_err)?.next())
-}
-
-fn signal(
-    q: &mut Queue,
-    mem: &GuestMemoryMmap,
-    interrupt: &dyn VirtioInterrupt,
-    index: usize,
-) -> Result<(), DeviceError> {
-    if q.needs_notification(mem).map_err(queue_err)? {
-        interrupt
-            .trigger_queue(index as u16)
-            .map_err(|e| DeviceError::Backend(format!("cannot interrupt the guest: {e}")))?;
-    }
-    Ok(())
-}
+use super::queue_util::{pop, queue_err, signal};
 
 /// Receive and transmit queue indices of port `nr`.
 pub fn port_queues(nr: u32) -> (usize, usize) {

@@ -14,6 +14,7 @@ pub mod console;
 pub mod net;
 
 pub mod pci;
+mod queue_util;
 
 use std::os::fd::RawFd;
 use std::sync::Arc;

@@ -18,7 +18,7 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use net::{NetBackend, Offloads, MAX_FRAME_LEN, VNET_HDR_LEN, VNET_HDR_LEN_LEGACY};
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT, Reader, Writer};
+use virtio_queue::{Queue, QueueT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 
 use super::{
@@ -258,34 +258,7 @@ struct Active {
     queues: Vec<Queue>,
 }
 
-fn queue_err(e: impl std::fmt::Display) -> DeviceError {
-    DeviceError::Queue(e.to_string())
-}
-
-type Chain<'a> = DescriptorChain<&'a GuestMemoryMmap>;
-
-/// The next available chain, or None when the driver has offered none (or has not set
-/// the queue up).
-fn pop<'a>(q: &mut Queue, mem: &'a GuestMemoryMmap) -> Result<Option<Chain<'a>>, DeviceError> {
-    if !q.ready() {
-        return Ok(None);
-    }
-    Ok(q.iter(mem).map_err(queue_err)?.next())
-}
-
-fn signal(
-    q: &mut Queue,
-    mem: &GuestMemoryMmap,
-    interrupt: &dyn VirtioInterrupt,
-    index: usize,
-) -> Result<(), DeviceError> {
-    if q.needs_notification(mem).map_err(queue_err)? {
-        interrupt
-            .trigger_queue(index as u16)
-            .map_err(|e| DeviceError::Backend(format!("cannot interrupt the guest: {e}")))?;
-    }
-    Ok(())
-}
+use super::queue_util::{pop, queue_err, signal};
 
 /// Outcome of offering one frame to the receive queue.
 enum Delivery {
