@@ -6,31 +6,12 @@ use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-/// Where a chardev's bytes go and come from, as the command line describes it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Backend {
-    Stdio,
-    File {
-        path: PathBuf,
-        append: bool,
-    },
-    UnixSocket {
-        path: PathBuf,
-        server: bool,
-        wait: bool,
-    },
-    TcpSocket {
-        host: String,
-        port: u16,
-        server: bool,
-        wait: bool,
-    },
-    Null,
-}
+/// Where a chardev's bytes go and come from: the command line's description, used as is.
+pub use crate::cmdline::ChardevBackend as Backend;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChardevError {
@@ -379,7 +360,7 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn tmp(name: &str) -> PathBuf {
+    fn tmp(name: &str) -> std::path::PathBuf {
         std::env::temp_dir().join(format!("kestrel-chardev-{}-{name}", std::process::id()))
     }
 

@@ -139,17 +139,13 @@ fn run(args: Vec<String>) -> Result<i32, String> {
     });
     let mut raw_term = None;
     let mut serials = Vec::new();
-    for b in &cfg.serials {
-        let backend = match backend(b) {
-            Some(b) => b,
-            None => continue,
-        };
-        if backend == Backend::Stdio && raw_term.is_none() {
+    for backend in &cfg.serials {
+        if *backend == Backend::Stdio && raw_term.is_none() {
             raw_term = RawTerminal::enter();
         }
-        let esc = (backend == Backend::Stdio).then(|| quit.clone());
+        let esc = (*backend == Backend::Stdio).then(|| quit.clone());
         serials.push(Arc::new(
-            Chardev::open(&backend, esc).map_err(|e| e.to_string())?,
+            Chardev::open(backend, esc).map_err(|e| e.to_string())?,
         ));
     }
 
@@ -170,10 +166,7 @@ fn run(args: Vec<String>) -> Result<i32, String> {
     // Monitor endpoints first: a `wait=on` one holds startup until its client connects.
     let mut endpoints = Vec::new();
     for m in &cfg.monitors {
-        let Some(b) = backend(&m.backend) else {
-            continue;
-        };
-        match event_loop::open_endpoint(&b, m.pretty) {
+        match event_loop::open_endpoint(&m.backend, m.pretty) {
             Ok(ep) => endpoints.push(ep),
             Err(e) => return fail(daemon, e),
         }
@@ -185,10 +178,7 @@ fn run(args: Vec<String>) -> Result<i32, String> {
             let Some(c) = cfg.chardevs.iter().find(|c| c.id == *chardev) else {
                 continue;
             };
-            let Some(b) = backend(&c.backend) else {
-                continue;
-            };
-            match Chardev::open(&b, None) {
+            match Chardev::open(&c.backend, None) {
                 Ok(ch) => {
                     device_chardevs.insert(chardev.clone(), Arc::new(ch));
                 }
@@ -265,41 +255,13 @@ fn vm_config(cfg: &Config) -> Result<VmConfig, String> {
     })
 }
 
-fn backend(b: &ChardevBackend) -> Option<Backend> {
-    Some(match b {
-        ChardevBackend::Stdio => Backend::Stdio,
-        ChardevBackend::File { path, append } => Backend::File {
-            path: path.clone(),
-            append: *append,
-        },
-        ChardevBackend::UnixSocket { path, server, wait } => Backend::UnixSocket {
-            path: path.clone(),
-            server: *server,
-            wait: *wait,
-        },
-        ChardevBackend::TcpSocket {
-            host,
-            port,
-            server,
-            wait,
-        } => Backend::TcpSocket {
-            host: host.clone(),
-            port: *port,
-            server: *server,
-            wait: *wait,
-        },
-        ChardevBackend::Null => Backend::Null,
-        ChardevBackend::None => return None,
-    })
-}
-
 /// `query-chardev`'s list: every -chardev by id, and the implicit ones QEMU names
 /// `serialN` and `compat_monitorN`, with QEMU-style filenames.
 fn chardev_labels(cfg: &Config) -> Vec<(String, String)> {
     fn filename(b: &ChardevBackend) -> String {
         match b {
             ChardevBackend::Stdio => "stdio".into(),
-            ChardevBackend::Null | ChardevBackend::None => "null".into(),
+            ChardevBackend::Null => "null".into(),
             ChardevBackend::File { path, .. } => format!("file:{}", path.display()),
             ChardevBackend::UnixSocket { path, server, .. } => {
                 format!(

@@ -82,7 +82,7 @@ pub struct Config {
     /// Without `-serial` and `-nodefaults`, COM1 is `Stdio`: where QEMU would make a `vc`
     /// (a graphical text console) Kestrel, which has no graphical console, uses stdio; with
     /// `-daemonize` it is `Null` instead, stdio being gone. `-serial none` adds no port and,
-    /// as in QEMU, uses up no COM number, so `ChardevBackend::None` never appears here.
+    /// as in QEMU, uses up no COM number.
     pub serials: Vec<ChardevBackend>,
     /// Every `-chardev`, in command-line order; ids are unique.
     pub chardevs: Vec<Chardev>,
@@ -173,10 +173,6 @@ pub enum ChardevBackend {
     },
     /// Discards output, never has input.
     Null,
-    /// No device at all. The parser does not produce it: `-serial none` leaves no entry in
-    /// [`Config::serials`] (see there); kept for consumers that model an empty slot.
-    #[allow(dead_code)]
-    None,
 }
 
 /// One `-chardev`.
