@@ -18,7 +18,7 @@ pub mod serial;
 pub use acpi_ged::{AcpiGed, AcpiGedState};
 pub use acpi_pm::{AcpiPmDevice, AcpiPmState};
 pub use i8042::{I8042Device, I8042State};
-pub use rtc::{Clock, CmosRtc, RtcDateTime, RtcState, SystemClock};
+pub use rtc::{Clock, CmosRtc, RtcConfig, RtcDateTime, RtcEvents, RtcState, SystemClock};
 pub use serial::{SerialDevice, SerialDeviceState};
 
 /// Why a saved device state could not be restored.
