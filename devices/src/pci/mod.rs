@@ -24,6 +24,7 @@
 mod alloc;
 mod bus;
 pub mod config;
+pub mod i6300esb;
 pub mod msix;
 
 pub use alloc::BarAllocator;
