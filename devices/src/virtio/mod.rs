@@ -9,6 +9,7 @@
 //! fails that request (or marks the device NEEDS_RESET), never panics, never touches
 //! memory outside the guest's.
 
+pub mod balloon;
 pub mod block;
 pub mod console;
 pub mod net;
