@@ -531,6 +531,26 @@ impl EventLoop {
                     );
                     return None;
                 }
+                VmEvent::WatchdogExpired => MachineEvent::WatchdogExpired,
+                VmEvent::BalloonChange { actual_pages } => {
+                    mon.emit(
+                        "BALLOON_CHANGE",
+                        &crate::qmp_platform::BalloonInfo {
+                            actual: machine.balloon_actual_bytes(actual_pages),
+                        },
+                    );
+                    return None;
+                }
+                VmEvent::RtcChange { offset } => {
+                    mon.emit(
+                        "RTC_CHANGE",
+                        &crate::qmp_platform::RtcChangeEvent {
+                            offset,
+                            qom_path: crate::qmp_platform::RTC_QOM_PATH.into(),
+                        },
+                    );
+                    return None;
+                }
             },
             ControlEvent::Quit => return Some(0),
             ControlEvent::Signal(sig) => {

@@ -31,6 +31,9 @@ pub struct Machine {
     chardevs: std::collections::HashMap<String, Arc<Chardev>>,
     events_tx: ControlSender,
     vm: Option<Vm>,
+    /// The RTC's clock (`-rtc`), and for `clock=vm` the stopwatch that runs with the vCPUs.
+    rtc_clock: Arc<dyn devices::legacy::rtc::Clock>,
+    rtc_watch: Option<Arc<crate::rtc_clock::GuestStopwatch>>,
     generation: u64,
     running: bool,
     exit: Option<i32>,
@@ -47,7 +50,10 @@ impl Machine {
         events_tx: ControlSender,
     ) -> Result<Machine, VmError> {
         let kvm = Kvm::new().map_err(VmError::Kvm)?;
+        let (rtc_clock, rtc_watch) = crate::rtc_clock::rtc_clock(&cfg.rtc);
         let mut m = Machine {
+            rtc_clock,
+            rtc_watch,
             kvm,
             cfg,
             identity,
@@ -65,7 +71,10 @@ impl Machine {
     }
 
     fn rebuild(&mut self) -> Result<(), VmError> {
-        // Drop the old VM (joining its vCPU threads) before building the next.
+        // Drop the old VM (joining its vCPU threads) before building the next; its RTC
+        // lives on in the next.
+        let rtc_state = self.vm.as_ref().map(|v| v.rtc_state());
+        let watchdog_timed_out = self.vm.as_ref().is_some_and(|v| v.watchdog_timed_out());
         self.vm = None;
         self.generation += 1;
         self.vm = Some(Vm::build(
@@ -75,6 +84,11 @@ impl Machine {
             &self.chardevs,
             self.events_tx.clone(),
             self.generation,
+            crate::vm::RtcBoot {
+                clock: self.rtc_clock.clone(),
+                state: rtc_state,
+                watchdog_timed_out,
+            },
         )?);
         Ok(())
     }
@@ -108,6 +122,30 @@ impl Machine {
         self.vm.as_ref()
     }
 
+    /// Guest RAM in bytes.
+    pub fn ram_size(&self) -> u64 {
+        self.cfg.mem_size
+    }
+
+    /// What `query-balloon` and BALLOON_CHANGE call `actual`: the RAM the guest has
+    /// left with `pages` 4 KiB pages in the balloon.
+    pub fn balloon_actual_bytes(&self, pages: u32) -> i64 {
+        let left = self.cfg.mem_size.saturating_sub(u64::from(pages) << 12);
+        i64::try_from(left).unwrap_or(i64::MAX)
+    }
+
+    /// The `-device`s, in command-line order.
+    pub fn device_specs(&self) -> &[crate::cmdline::devices::DeviceSpec] {
+        &self.cfg.devices
+    }
+
+    /// `rtc-reset-reinjection`: forget the periodic RTC interrupts the guest still owes.
+    pub fn rtc_reset_reinjection(&self) {
+        if let Some(vm) = &self.vm {
+            vm.rtc_reset_reinjection();
+        }
+    }
+
     fn vm(&self) -> Result<&Vm, MachineError> {
         self.vm
             .as_ref()
@@ -130,6 +168,9 @@ fn uuid_string(u: &[u8; 16]) -> String {
 impl monitor::Machine for Machine {
     fn pause_vcpus(&mut self) -> Result<(), MachineError> {
         self.vm()?.pause();
+        if let Some(w) = &self.rtc_watch {
+            w.stop();
+        }
         self.running = false;
         Ok(())
     }
@@ -145,6 +186,9 @@ impl monitor::Machine for Machine {
                     }
                 }
             }
+        }
+        if let Some(w) = &self.rtc_watch {
+            w.run();
         }
         self.vm()?.resume();
         self.running = true;

@@ -10,6 +10,9 @@ mod machine;
 mod pci;
 mod qmp_commands;
 mod qmp_devices;
+mod qmp_platform;
+mod rtc_clock;
+mod timers;
 mod vcpu;
 mod vm;
 
@@ -22,7 +25,7 @@ use std::sync::Arc;
 use chardev::{Backend, Chardev};
 use cmdline::{Action, ChardevBackend, Config};
 use machine::{Identity, Machine};
-use monitor::{Actions, MachineEvent, Monitor, MonitorConfig, VersionInfo};
+use monitor::{MachineEvent, Monitor, MonitorConfig, VersionInfo};
 use vm::VmConfig;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -150,12 +153,14 @@ fn run(args: Vec<String>) -> Result<i32, String> {
     }
 
     let mut mcfg = MonitorConfig::new(qmp_version());
-    mcfg.actions = Actions::from_cli(cfg.no_reboot, cfg.no_shutdown);
+    mcfg.actions = cfg.actions;
     let mut mon = Monitor::new(mcfg);
     qmp_commands::register(mon.registry_mut()).map_err(|e| format!("monitor setup: {e}"))?;
     qmp_devices::register(mon.registry_mut(), chardev_labels(&cfg))
         .map_err(|e| format!("monitor setup: {e}"))?;
     qmp_devices::register_events(mon.registry_mut()).map_err(|e| format!("monitor setup: {e}"))?;
+    qmp_platform::register(mon.registry_mut()).map_err(|e| format!("monitor setup: {e}"))?;
+    qmp_platform::register_events(mon.registry_mut()).map_err(|e| format!("monitor setup: {e}"))?;
 
     let fail = |daemon: Option<Daemon>, msg: String| -> Result<i32, String> {
         if let Some(d) = daemon {
@@ -252,6 +257,7 @@ fn vm_config(cfg: &Config) -> Result<VmConfig, String> {
         devices: cfg.devices.clone(),
         drives: cfg.drives.clone(),
         netdevs: cfg.netdevs.clone(),
+        rtc: cfg.rtc,
     })
 }
 

@@ -9,10 +9,12 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 
 use arch::layout;
+use devices::pci::i6300esb::{I6300Esb, WatchdogSink};
 use devices::pci::{
     BarAllocator, BarKind, BarRemap, BarRemapHandler, MsiMessage, MsiTrigger, PciAddress,
     PciBarRegion, PciBus, PciConfigIo, PciConfigMmio, SharedPciDevice,
 };
+use devices::virtio::balloon::{system_wall_clock, BalloonConfig, BalloonEvents, VirtioBalloon};
 use devices::virtio::block::{BlockErrorHandler, BlockIoError, VirtioBlock, VirtioBlockConfig};
 use devices::virtio::console::{ConsoleConfig, ConsoleEvents, PortConfig, VirtioConsole};
 use devices::virtio::net::{NetConfig, NetEvents, VirtioNet};
@@ -217,12 +219,15 @@ pub enum Attached {
     },
     /// virtio-serial: its ports report through VSERPORT_CHANGE.
     Console,
+    /// virtio-balloon: `balloon`, `query-balloon`, its statistics through QOM.
+    Balloon { model: Arc<Mutex<VirtioBalloon>> },
 }
 
 /// The PCI side of one boot.
 pub struct PciDevices {
     pub bus: Arc<PciBus>,
     pub attached: Vec<Attached>,
+    pub watchdog: Option<Arc<Mutex<I6300Esb>>>,
     // Dropped last: stops the I/O thread before the devices' fds go.
     _io: crate::io_thread::IoThread,
 }
@@ -291,6 +296,11 @@ pub struct PciContext<'a> {
     pub generation: u64,
     /// Opened chardevs by id (for virtio-serial ports).
     pub chardevs: &'a HashMap<String, Arc<Chardev>>,
+    /// The boot's guest clock and timers (watchdog, balloon statistics).
+    pub timers: &'a mut crate::timers::Timers,
+    /// The previous boot ended because the watchdog fired: its TIMEOUT flag survives
+    /// the reset, so the guest's driver can tell.
+    pub watchdog_timed_out: bool,
 }
 
 type SerialPortSpec = (Option<String>, String, Option<String>, bool);
@@ -314,6 +324,7 @@ struct Builder<'a> {
     /// virtio-serial ports belong to the virtio-serial device before them.
     pending_serial: Option<PendingSerial>,
     serial_ports: Vec<SerialPortSpec>,
+    watchdog: Option<Arc<Mutex<I6300Esb>>>,
 }
 
 impl Builder<'_> {
@@ -382,6 +393,27 @@ impl Builder<'_> {
             .add_device(addr, shared, qdev_id.to_string())
             .map_err(err)?;
         self.io_devices.push(dev);
+        Ok(addr)
+    }
+
+    /// Puts a plain PCI function (no virtio, no interrupt) on the bus and places its BARs.
+    fn place_plain(
+        &mut self,
+        dev: Arc<Mutex<dyn devices::pci::PciDevice>>,
+        want: Option<crate::cmdline::devices::PciAddr>,
+        qdev_id: &str,
+    ) -> Result<PciAddress, PciSetupError> {
+        let addr = match want {
+            Some(a) => PciAddress::new(0, a.slot, a.function).map_err(err)?,
+            None => self
+                .bus
+                .free_slot()
+                .ok_or_else(|| err("no free PCI slot"))?,
+        };
+        self.bars.assign(&mut *lock(&dev)).map_err(err)?;
+        self.bus
+            .add_device(addr, dev, qdev_id.to_string())
+            .map_err(err)?;
         Ok(addr)
     }
 
@@ -601,6 +633,7 @@ pub fn build(
         attached: Vec::new(),
         pending_serial: None,
         serial_ports: Vec::new(),
+        watchdog: None,
     };
     for spec in specs {
         if !matches!(spec, DeviceSpec::VirtioSerialPort { .. }) {
@@ -650,6 +683,67 @@ pub fn build(
             }
             // ISA devices belong to the machine (vm.rs), not the PCI bus.
             DeviceSpec::Pvpanic { .. } => {}
+            DeviceSpec::PvpanicPci { id, addr } => {
+                let sink = Arc::new(crate::vm::PanicToMachine {
+                    events: b.ctx.events.clone(),
+                    generation: b.ctx.generation,
+                });
+                let dev = devices::legacy::pvpanic::PvpanicPci::new(sink).map_err(err)?;
+                b.place_plain(
+                    Arc::new(Mutex::new(dev)),
+                    *addr,
+                    id.as_deref().unwrap_or(""),
+                )?;
+            }
+            DeviceSpec::I6300esb { id, addr } => {
+                let (timer, tid) = b.ctx.timers.timer().map_err(err)?;
+                let sink = Arc::new(WatchdogToMachine {
+                    tx: b.ctx.events.clone(),
+                    generation: b.ctx.generation,
+                });
+                let mut dev = I6300Esb::new(b.ctx.timers.clock(), timer, sink).map_err(err)?;
+                if b.ctx.watchdog_timed_out {
+                    dev.set_timed_out();
+                }
+                let dev = Arc::new(Mutex::new(dev));
+                let d = dev.clone();
+                b.ctx
+                    .timers
+                    .set_callback(tid, move || lock(&d).timer_fired());
+                b.place_plain(dev.clone(), *addr, id.as_deref().unwrap_or(""))?;
+                b.watchdog = Some(dev);
+            }
+            DeviceSpec::VirtioBalloon {
+                id,
+                addr,
+                deflate_on_oom,
+                free_page_reporting,
+            } => {
+                let (timer, tid) = b.ctx.timers.timer().map_err(err)?;
+                let events = Arc::new(BalloonNotify {
+                    tx: b.ctx.events.clone(),
+                    generation: b.ctx.generation,
+                });
+                let model = Arc::new(Mutex::new(VirtioBalloon::new(
+                    BalloonConfig {
+                        deflate_on_oom: *deflate_on_oom,
+                        free_page_reporting: *free_page_reporting,
+                    },
+                    events,
+                    b.ctx.timers.clock(),
+                    timer,
+                    system_wall_clock(),
+                )));
+                let m = model.clone();
+                b.ctx.timers.set_callback(tid, move || {
+                    if let Err(e) = lock(&m).timer_fired() {
+                        eprintln!("kestrel: balloon statistics: {e}");
+                    }
+                });
+                let qdev_id = id.clone().unwrap_or_default();
+                b.place(Box::new(Shared(model.clone())), *addr, &qdev_id)?;
+                b.attached.push(Attached::Balloon { model });
+            }
         }
     }
     b.flush_serial()?;
@@ -658,8 +752,39 @@ pub fn build(
     Ok(Some(PciDevices {
         bus,
         attached: b.attached,
+        watchdog: b.watchdog,
         _io: io,
     }))
+}
+
+/// The balloon driver's new size goes to the event loop (BALLOON_CHANGE).
+struct BalloonNotify {
+    tx: ControlSender,
+    generation: u64,
+}
+
+impl BalloonEvents for BalloonNotify {
+    fn actual_changed(&self, actual_pages: u32) {
+        let _ = self.tx.send(ControlEvent::Vm {
+            generation: self.generation,
+            event: VmEvent::BalloonChange { actual_pages },
+        });
+    }
+}
+
+/// An expired watchdog goes to the event loop, which emits WATCHDOG and runs the action.
+struct WatchdogToMachine {
+    tx: ControlSender,
+    generation: u64,
+}
+
+impl WatchdogSink for WatchdogToMachine {
+    fn expired(&self) {
+        let _ = self.tx.send(ControlEvent::Vm {
+            generation: self.generation,
+            event: VmEvent::WatchdogExpired,
+        });
+    }
 }
 
 /// Whether a device sits on the PCI bus.

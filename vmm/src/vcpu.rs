@@ -380,6 +380,12 @@ pub enum VmEvent {
     GuestPanic(devices::legacy::pvpanic::PanicEvent),
     /// The guest opened or closed a virtio-serial port (VSERPORT_CHANGE).
     VserportChange { id: String, open: bool },
+    /// The watchdog expired: WATCHDOG, then the watchdog action.
+    WatchdogExpired,
+    /// The balloon driver reported a new balloon size, in 4 KiB pages (BALLOON_CHANGE).
+    BalloonChange { actual_pages: u32 },
+    /// The guest set its RTC; `offset` is guest minus base time in seconds (RTC_CHANGE).
+    RtcChange { offset: i64 },
 }
 
 enum Outcome {

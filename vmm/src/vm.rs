@@ -14,7 +14,7 @@ use devices::legacy::acpi_ged::{AcpiGed, ACPI_GED_EVENT_POWER_BUTTON};
 use devices::legacy::acpi_pm::AcpiPmDevice;
 use devices::legacy::i8042::I8042Device;
 use devices::legacy::pvpanic::{PanicEvent, PanicSink, Pvpanic};
-use devices::legacy::rtc::{CmosRtc, SystemClock};
+use devices::legacy::rtc::{CmosRtc, RtcConfig, RtcEvents};
 use devices::legacy::serial::SerialDevice;
 use devices::{Bus, ExitRequests, Interrupt, SharedDevice};
 use kvm_bindings::{
@@ -46,6 +46,18 @@ pub struct VmConfig {
     pub devices: Vec<crate::cmdline::devices::DeviceSpec>,
     pub drives: Vec<crate::cmdline::devices::DriveSpec>,
     pub netdevs: Vec<crate::cmdline::devices::NetdevSpec>,
+    /// `-rtc` (the clock itself is the machine's: it outlives boots).
+    pub rtc: crate::cmdline::RtcOpts,
+}
+
+/// What a new boot inherits: the machine's RTC clock, the previous boot's RTC state
+/// (guest offset, NVRAM), which a reset keeps as a battery-backed RTC does, and the
+/// watchdog's TIMEOUT flag, which survives a warm reset on the real chip.
+pub struct RtcBoot {
+    pub clock: Arc<dyn devices::legacy::rtc::Clock>,
+    pub state: Option<devices::legacy::rtc::RtcState>,
+    /// The watchdog's TIMEOUT flag at the end of the previous boot.
+    pub watchdog_timed_out: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,12 +119,14 @@ pub struct Vm {
     // Field order is drop order: vCPU threads stop, then the I/O thread, before the VM fd
     // and memory go.
     vcpus: Vec<Vcpu>,
+    timers: crate::timers::Timers,
     pci: Option<crate::pci::PciDevices>,
     _vm_fd: Arc<VmFd>,
     _mem: GuestMemoryMmap,
     _pio: Arc<Bus>,
     _mmio: Arc<Bus>,
     ged: Arc<Mutex<AcpiGed>>,
+    rtc: Arc<Mutex<CmosRtc>>,
 }
 
 impl Vm {
@@ -124,6 +138,7 @@ impl Vm {
         chardevs: &std::collections::HashMap<String, Arc<Chardev>>,
         events: ControlSender,
         generation: u64,
+        rtc_boot: RtcBoot,
     ) -> Result<Vm, VmError> {
         let kop = |what| move |err| VmError::KvmOp { what, err };
         let vm_fd = Arc::new(kvm.create_vm().map_err(VmError::Kvm)?);
@@ -196,6 +211,7 @@ impl Vm {
         };
 
         // Devices.
+        let mut timers = crate::timers::Timers::new();
         let pio = Arc::new(Bus::new());
         let mmio = Arc::new(Bus::new());
         let exit_requests = Arc::new(ExitRequests::new());
@@ -223,11 +239,35 @@ impl Vm {
             layout::I8042_PORT,
             I8042Device::WINDOW_LEN,
         )?;
-        add(
-            Arc::new(Mutex::new(CmosRtc::new(Arc::new(SystemClock)))),
-            layout::RTC_PORT,
-            CmosRtc::WINDOW_LEN,
-        )?;
+        let (rtc_timer, rtc_timer_id) = timers
+            .timer()
+            .map_err(|e| VmError::Device(format!("RTC timer: {e}")))?;
+        let rtc_config = || -> Result<RtcConfig, VmError> {
+            Ok(RtcConfig {
+                clock: rtc_boot.clock.clone(),
+                guest_clock: timers.clock(),
+                timer: rtc_timer.clone(),
+                irq: irqfd(&vm_fd, layout::RTC_IRQ)?,
+                events: Arc::new(RtcToMachine {
+                    events: events.clone(),
+                    generation,
+                }),
+                slew: cfg.rtc.slew,
+            })
+        };
+        let rtc = match &rtc_boot.state {
+            Some(state) => CmosRtc::from_state(state, rtc_config()?).or_else(|e| {
+                eprintln!("kestrel: RTC state of the previous boot: {e}");
+                Ok::<_, VmError>(CmosRtc::new(rtc_config()?))
+            })?,
+            None => CmosRtc::new(rtc_config()?),
+        };
+        let rtc = Arc::new(Mutex::new(rtc));
+        let r = rtc.clone();
+        timers.set_callback(rtc_timer_id, move || {
+            r.lock().unwrap_or_else(|p| p.into_inner()).timer_fired()
+        });
+        add(rtc.clone(), layout::RTC_PORT, CmosRtc::WINDOW_LEN)?;
         add(
             Arc::new(Mutex::new(AcpiPmDevice::new(exit_requests.clone()))),
             layout::ACPI_PM_PORT_BASE,
@@ -261,6 +301,8 @@ impl Vm {
                 events: events.clone(),
                 generation,
                 chardevs,
+                timers: &mut timers,
+                watchdog_timed_out: rtc_boot.watchdog_timed_out,
             },
             &cfg.devices,
             &cfg.drives,
@@ -306,18 +348,24 @@ impl Vm {
             vcpus.push(Vcpu::spawn(i, name, fd, ctx).map_err(VmError::Thread)?);
         }
 
+        timers
+            .start()
+            .map_err(|e| VmError::Device(format!("timer thread: {e}")))?;
         Ok(Vm {
             vcpus,
+            timers,
             pci,
             _vm_fd: vm_fd,
             _mem: mem,
             _pio: pio,
             _mmio: mmio,
             ged,
+            rtc,
         })
     }
 
     pub fn resume(&self) {
+        self.timers.resume();
         for v in &self.vcpus {
             v.resume();
         }
@@ -331,6 +379,7 @@ impl Vm {
         for v in &self.vcpus {
             v.wait_paused();
         }
+        self.timers.pause();
     }
 
     /// Presses the ACPI power button (a GED event the guest's button driver reports).
@@ -356,6 +405,27 @@ impl Vm {
             .registers()
     }
 
+    /// Whether the watchdog fired and the guest has not cleared its TIMEOUT flag.
+    pub fn watchdog_timed_out(&self) -> bool {
+        self.pci
+            .as_ref()
+            .and_then(|p| p.watchdog.as_ref())
+            .is_some_and(|w| w.lock().unwrap_or_else(|p| p.into_inner()).timed_out())
+    }
+
+    /// The RTC's state, for the next boot.
+    pub fn rtc_state(&self) -> devices::legacy::rtc::RtcState {
+        self.rtc.lock().unwrap_or_else(|p| p.into_inner()).state()
+    }
+
+    /// `rtc-reset-reinjection`.
+    pub fn rtc_reset_reinjection(&self) {
+        self.rtc
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reset_reinjection();
+    }
+
     /// The PCI devices of this boot, if any.
     pub fn pci(&self) -> Option<&crate::pci::PciDevices> {
         self.pci.as_ref()
@@ -370,9 +440,9 @@ impl Vm {
 }
 
 /// pvpanic reports go to the event loop, which runs the panic action.
-struct PanicToMachine {
-    events: ControlSender,
-    generation: u64,
+pub(crate) struct PanicToMachine {
+    pub(crate) events: ControlSender,
+    pub(crate) generation: u64,
 }
 
 impl PanicSink for PanicToMachine {
@@ -380,6 +450,23 @@ impl PanicSink for PanicToMachine {
         let _ = self.events.send(crate::ControlEvent::Vm {
             generation: self.generation,
             event: crate::vcpu::VmEvent::GuestPanic(event),
+        });
+    }
+}
+
+/// The guest set its clock: RTC_CHANGE.
+struct RtcToMachine {
+    events: ControlSender,
+    generation: u64,
+}
+
+impl RtcEvents for RtcToMachine {
+    fn time_changed(&self, offset_secs: i64) {
+        let _ = self.events.send(crate::ControlEvent::Vm {
+            generation: self.generation,
+            event: crate::vcpu::VmEvent::RtcChange {
+                offset: offset_secs,
+            },
         });
     }
 }

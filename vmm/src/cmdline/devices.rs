@@ -112,6 +112,23 @@ pub enum DeviceSpec {
     },
     /// The ISA pvpanic device (`pvpanic`), at an I/O port.
     Pvpanic { id: Option<String>, ioport: u16 },
+    /// The PCI pvpanic device (`pvpanic-pci`).
+    PvpanicPci {
+        id: Option<String>,
+        addr: Option<PciAddr>,
+    },
+    /// The Intel 6300ESB watchdog (`i6300esb`).
+    I6300esb {
+        id: Option<String>,
+        addr: Option<PciAddr>,
+    },
+    /// `virtio-balloon-pci`.
+    VirtioBalloon {
+        id: Option<String>,
+        addr: Option<PciAddr>,
+        deflate_on_oom: bool,
+        free_page_reporting: bool,
+    },
     /// `virtconsole` (console: true) or `virtserialport`, on the virtio-serial device.
     VirtioSerialPort {
         id: Option<String>,
@@ -119,6 +136,21 @@ pub enum DeviceSpec {
         name: Option<String>,
         console: bool,
     },
+}
+
+impl DeviceSpec {
+    /// The `addr=` a PCI device asked for.
+    pub fn pci_addr(&self) -> Option<PciAddr> {
+        match self {
+            DeviceSpec::VirtioBlk { addr, .. }
+            | DeviceSpec::VirtioNet { addr, .. }
+            | DeviceSpec::VirtioSerial { addr, .. }
+            | DeviceSpec::PvpanicPci { addr, .. }
+            | DeviceSpec::I6300esb { addr, .. }
+            | DeviceSpec::VirtioBalloon { addr, .. } => *addr,
+            DeviceSpec::Pvpanic { .. } | DeviceSpec::VirtioSerialPort { .. } => None,
+        }
+    }
 }
 
 fn err(e: KvError) -> String {
@@ -196,6 +228,22 @@ struct PvpanicOpts {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PciOpts {
+    id: Option<String>,
+    addr: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct BalloonOpts {
+    id: Option<String>,
+    addr: Option<String>,
+    deflate_on_oom: Option<bool>,
+    free_page_reporting: Option<bool>,
+}
+
+#[derive(Deserialize)]
 #[serde(rename_all = "kebab-case")]
 enum DeviceOpts {
     VirtioBlkPci(BlkOpts),
@@ -204,13 +252,15 @@ enum DeviceOpts {
     Virtconsole(PortOpts),
     Virtserialport(PortOpts),
     Pvpanic(PvpanicOpts),
+    PvpanicPci(PciOpts),
+    I6300esb(PciOpts),
+    VirtioBalloonPci(BalloonOpts),
+    /// QEMU's alias of virtio-balloon-pci on PC machines.
+    VirtioBalloon(BalloonOpts),
 }
 
 /// Devices QEMU has that later Kestrel issues add; named as unsupported, not unknown.
 const NOT_YET: &[&str] = &[
-    "virtio-balloon-pci",
-    "i6300esb",
-    "pvpanic-pci",
     "virtio-blk-device",
     "virtio-net-device",
     "e1000",
@@ -286,6 +336,22 @@ pub fn parse_device(arg: &str) -> Result<DeviceSpec, String> {
                         .ok_or_else(|| format!("Property 'ioport' doesn't take value '{p}' (an I/O port from 0x100)"))?
                     }
                 },
+            }
+        }
+        DeviceOpts::PvpanicPci(o) => DeviceSpec::PvpanicPci {
+            id: o.id,
+            addr: addr(o.addr)?,
+        },
+        DeviceOpts::I6300esb(o) => DeviceSpec::I6300esb {
+            id: o.id,
+            addr: addr(o.addr)?,
+        },
+        DeviceOpts::VirtioBalloonPci(o) | DeviceOpts::VirtioBalloon(o) => {
+            DeviceSpec::VirtioBalloon {
+                id: o.id,
+                addr: addr(o.addr)?,
+                deflate_on_oom: o.deflate_on_oom.unwrap_or(false),
+                free_page_reporting: o.free_page_reporting.unwrap_or(false),
             }
         }
         DeviceOpts::Virtconsole(o) => port(o, true)?,
@@ -694,12 +760,62 @@ mod tests {
         assert!(parse_device("frobnicator")
             .unwrap_err()
             .contains("not a valid device"));
-        assert!(parse_device("i6300esb")
+        assert!(parse_device("nvme")
             .unwrap_err()
             .contains("not supported by Kestrel yet"));
+        assert!(parse_device("virtio-balloon-pci,deflate-on-oom=maybe")
+            .unwrap_err()
+            .contains("deflate-on-oom"));
+        assert!(parse_device("i6300esb,bogus=1")
+            .unwrap_err()
+            .contains("bogus"));
         assert!(parse_device("virtconsole,chardev=c,bus=pci.0")
             .unwrap_err()
             .contains("Bus"));
+    }
+
+    #[test]
+    fn platform_devices() {
+        assert_eq!(
+            parse_device("i6300esb,id=w,addr=5").unwrap(),
+            DeviceSpec::I6300esb {
+                id: Some("w".into()),
+                addr: Some(PciAddr {
+                    slot: 5,
+                    function: 0
+                }),
+            }
+        );
+        assert_eq!(
+            parse_device("pvpanic-pci").unwrap(),
+            DeviceSpec::PvpanicPci {
+                id: None,
+                addr: None
+            }
+        );
+        for d in ["virtio-balloon-pci", "virtio-balloon"] {
+            assert_eq!(
+                parse_device(&format!(
+                    "{d},id=b,deflate-on-oom=on,free-page-reporting=on"
+                ))
+                .unwrap(),
+                DeviceSpec::VirtioBalloon {
+                    id: Some("b".into()),
+                    addr: None,
+                    deflate_on_oom: true,
+                    free_page_reporting: true,
+                }
+            );
+        }
+        assert_eq!(
+            parse_device("virtio-balloon-pci").unwrap(),
+            DeviceSpec::VirtioBalloon {
+                id: None,
+                addr: None,
+                deflate_on_oom: false,
+                free_page_reporting: false,
+            }
+        );
     }
 
     #[test]

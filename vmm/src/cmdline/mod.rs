@@ -114,6 +114,40 @@ pub struct Config {
     pub cpu: Cpu,
     pub daemonize: bool,
     pub pidfile: Option<PathBuf>,
+    /// `-rtc`.
+    pub rtc: RtcOpts,
+    /// The `set-action` settings the command line asks for (`-no-reboot`,
+    /// `-no-shutdown`, `-action`, `-watchdog-action`), applied in order.
+    pub actions: monitor::Actions,
+}
+
+/// Where the guest's RTC starts: the host's UTC time, its local time, or a given date
+/// (seconds since the Unix epoch, UTC) from which it then runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RtcBase {
+    #[default]
+    Utc,
+    Localtime,
+    Date(i64),
+}
+
+/// The clock the RTC runs on: `host` follows the host's wall clock (including changes
+/// to it), `rt` the host's monotonic clock, `vm` the guest clock (stops while paused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RtcClock {
+    #[default]
+    Host,
+    Rt,
+    Vm,
+}
+
+/// `-rtc base=,clock=,driftfix=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RtcOpts {
+    pub base: RtcBase,
+    pub clock: RtcClock,
+    /// `driftfix=slew`: re-inject periodic interrupts the guest missed.
+    pub slew: bool,
 }
 
 impl Default for Config {
@@ -144,6 +178,8 @@ impl Default for Config {
             cpu: Cpu::default(),
             daemonize: false,
             pidfile: None,
+            rtc: RtcOpts::default(),
+            actions: monitor::Actions::default(),
         }
     }
 }
@@ -320,6 +356,23 @@ pub const OPTION_PARAMETERS: &[(&str, &[(&str, &str)])] = &[
             ("pretty", "boolean"),
         ],
     ),
+    (
+        "rtc",
+        &[
+            ("base", "string"),
+            ("clock", "string"),
+            ("driftfix", "string"),
+        ],
+    ),
+    (
+        "action",
+        &[
+            ("reboot", "string"),
+            ("shutdown", "string"),
+            ("panic", "string"),
+            ("watchdog", "string"),
+        ],
+    ),
 ];
 
 #[cfg(test)]
@@ -367,6 +420,21 @@ mod option_parameter_tests {
                             "c"
                         } else {
                             v
+                        }
+                    ),
+                    "rtc" => format!(
+                        "-rtc {p}={}",
+                        match *p {
+                            "base" => "utc",
+                            "clock" => "host",
+                            _ => "slew",
+                        }
+                    ),
+                    "action" => format!(
+                        "-action {p}={}",
+                        match *p {
+                            "reboot" | "shutdown" => "shutdown",
+                            _ => "pause",
                         }
                     ),
                     other => panic!("no sample for {other}"),

@@ -18,6 +18,14 @@ use super::{
     MAX_SERIAL_PORTS,
 };
 
+/// A `set-action` enum value from its wire name, with QEMU's error.
+macro_rules! enum_value {
+    ($ty:ty, $name:expr, $v:expr) => {
+        <$ty>::from_wire($v)
+            .ok_or_else(|| format!("Parameter '{}' does not accept value '{}'", $name, $v))
+    };
+}
+
 /// An option as the user typed it (`-m` or `--m`) and its argument, kept for error messages.
 #[derive(Clone)]
 pub(super) struct Origin {
@@ -310,6 +318,7 @@ static OPTIONS: &[OptSpec] = &[
         help: "exit instead of rebooting",
         handler: |b, _| {
             b.cfg.no_reboot = true;
+            b.cfg.actions.reboot = monitor::runstate::RebootAction::Shutdown;
             Ok(Flow::Continue)
         },
     },
@@ -320,8 +329,34 @@ static OPTIONS: &[OptSpec] = &[
         help: "stop the machine instead of exiting when the guest shuts down",
         handler: |b, _| {
             b.cfg.no_shutdown = true;
+            b.cfg.actions.shutdown = monitor::runstate::ShutdownAction::Pause;
             Ok(Flow::Continue)
         },
+    },
+    OptSpec {
+        name: "action",
+        aliases: &[],
+        arg: Some("reboot=reset|shutdown,shutdown=poweroff|pause,panic=pause|shutdown|exit-failure|none,watchdog=ACTION"),
+        help: "what the machine does on a guest reboot, shutdown, panic or watchdog expiry",
+        handler: opt_action,
+    },
+    OptSpec {
+        name: "watchdog-action",
+        aliases: &[],
+        arg: Some("reset|shutdown|poweroff|pause|debug|none|inject-nmi"),
+        help: "what an expired watchdog does (default reset)",
+        handler: |b, o| {
+            b.cfg.actions.watchdog =
+                enum_value!(monitor::runstate::WatchdogAction, "watchdog-action", o.arg())?;
+            Ok(Flow::Continue)
+        },
+    },
+    OptSpec {
+        name: "rtc",
+        aliases: &[],
+        arg: Some("[base=utc|localtime|date][,clock=host|rt|vm][,driftfix=none|slew]"),
+        help: "the guest's real-time clock: where it starts, what it runs on",
+        handler: opt_rtc,
     },
     OptSpec {
         name: "daemonize",
@@ -910,6 +945,20 @@ fn resolve_devices(
                 netdevs_used.push(netdev.clone());
             }
             DeviceSpec::VirtioSerial { .. } => have_serial_bus = true,
+            DeviceSpec::VirtioBalloon { .. } => {
+                if out
+                    .iter()
+                    .any(|d| matches!(d, DeviceSpec::VirtioBalloon { .. }))
+                {
+                    return Err(origin.error("Only one balloon device is supported"));
+                }
+            }
+            DeviceSpec::I6300esb { .. } => {
+                if out.iter().any(|d| matches!(d, DeviceSpec::I6300esb { .. })) {
+                    return Err(origin.error("only one i6300esb watchdog is supported"));
+                }
+            }
+            DeviceSpec::PvpanicPci { .. } => {}
             DeviceSpec::Pvpanic { .. } => {
                 if out.iter().any(|d| matches!(d, DeviceSpec::Pvpanic { .. })) {
                     return Err(origin.error("only one pvpanic device is supported"));
@@ -928,17 +977,14 @@ fn resolve_devices(
                 chardevs_used.push(chardev.clone());
             }
         }
-        if let DeviceSpec::VirtioBlk { addr: Some(a), .. }
-        | DeviceSpec::VirtioNet { addr: Some(a), .. }
-        | DeviceSpec::VirtioSerial { addr: Some(a), .. } = &d
-        {
-            if addrs.contains(a) {
+        if let Some(a) = d.pci_addr() {
+            if addrs.contains(&a) {
                 return Err(origin.error(format!(
                     "PCI: slot {} function {} not available, in use",
                     a.slot, a.function
                 )));
             }
-            addrs.push(*a);
+            addrs.push(a);
         }
         out.push(d);
     }
@@ -956,6 +1002,119 @@ fn resolve_devices(
     cfg.drives = resolved_drives;
     cfg.devices = out;
     Ok(())
+}
+
+// ---- -action, -watchdog-action, -rtc ----
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActionOpts {
+    reboot: Option<String>,
+    shutdown: Option<String>,
+    panic: Option<String>,
+    watchdog: Option<String>,
+}
+
+fn opt_action(b: &mut Builder, o: &Origin) -> Result<Flow, String> {
+    let a: ActionOpts = keyvalue::from_str(o.arg(), None).map_err(kv_err)?;
+    let mut next = b.cfg.actions;
+    if let Some(v) = a.reboot {
+        next.reboot = enum_value!(monitor::runstate::RebootAction, "reboot", &v)?;
+    }
+    if let Some(v) = a.shutdown {
+        next.shutdown = enum_value!(monitor::runstate::ShutdownAction, "shutdown", &v)?;
+    }
+    if let Some(v) = a.panic {
+        next.panic = enum_value!(monitor::runstate::PanicAction, "panic", &v)?;
+    }
+    if let Some(v) = a.watchdog {
+        next.watchdog = enum_value!(monitor::runstate::WatchdogAction, "watchdog", &v)?;
+    }
+    b.cfg.actions = next;
+    Ok(Flow::Continue)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RtcArgs {
+    base: Option<String>,
+    clock: Option<String>,
+    driftfix: Option<String>,
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` or `YYYY-MM-DD` (UTC), as QEMU's `-rtc base=` takes it.
+fn parse_rtc_date(s: &str) -> Option<i64> {
+    let (date, time) = match s.split_once('T') {
+        Some((d, t)) => (d, Some(t)),
+        None => (s, None),
+    };
+    let mut d = date.split('-');
+    let year: i64 = d.next()?.parse().ok()?;
+    let month: u8 = d.next()?.parse().ok()?;
+    let day: u8 = d.next()?.parse().ok()?;
+    if d.next().is_some() || !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return None;
+    }
+    let (mut hour, mut minute, mut second) = (0u8, 0u8, 0u8);
+    if let Some(t) = time {
+        let mut f = t.split(':');
+        hour = f.next()?.parse().ok()?;
+        minute = f.next()?.parse().ok()?;
+        second = f.next()?.parse().ok()?;
+        if f.next().is_some() || hour > 23 || minute > 59 || second > 59 {
+            return None;
+        }
+    }
+    if !(1970..=9999).contains(&year) {
+        return None;
+    }
+    let t = devices::legacy::RtcDateTime {
+        year,
+        month,
+        day,
+        hour,
+        minute,
+        second,
+    };
+    // A day past the month's end (31 April) would carry silently: refuse it.
+    (devices::legacy::RtcDateTime::from_unix(t.to_unix()) == t).then(|| t.to_unix())
+}
+
+fn opt_rtc(b: &mut Builder, o: &Origin) -> Result<Flow, String> {
+    let a: RtcArgs = keyvalue::from_str(o.arg(), None).map_err(kv_err)?;
+    if let Some(base) = a.base {
+        b.cfg.rtc.base = match base.as_str() {
+            "utc" => super::RtcBase::Utc,
+            "localtime" => super::RtcBase::Localtime,
+            other => super::RtcBase::Date(parse_rtc_date(other).ok_or_else(|| {
+                format!("invalid datetime format '{other}' (valid formats: '2006-06-17T16:01:21' or '2006-06-17')")
+            })?),
+        };
+    }
+    if let Some(clock) = a.clock {
+        b.cfg.rtc.clock = match clock.as_str() {
+            "host" => super::RtcClock::Host,
+            "rt" => super::RtcClock::Rt,
+            "vm" => super::RtcClock::Vm,
+            other => {
+                return Err(format!(
+                    "invalid option value '{other}' for 'clock' (host, rt or vm)"
+                ))
+            }
+        };
+    }
+    if let Some(d) = a.driftfix {
+        b.cfg.rtc.slew = match d.as_str() {
+            "slew" => true,
+            "none" => false,
+            other => {
+                return Err(format!(
+                    "invalid option value '{other}' for 'driftfix' (none or slew)"
+                ))
+            }
+        };
+    }
+    Ok(Flow::Continue)
 }
 
 // ---- -qmp, -mon ----
@@ -1245,6 +1404,70 @@ mod tests {
         assert_eq!(c.pidfile, Some(PathBuf::from("/run/k.pid")));
         let c = run("-nographic");
         assert_eq!(c.serials, vec![ChardevBackend::Stdio]);
+    }
+
+    #[test]
+    fn actions_in_command_line_order() {
+        use monitor::runstate::{PanicAction, RebootAction, ShutdownAction, WatchdogAction};
+        assert_eq!(run("").actions, monitor::Actions::default());
+        let c = run("-no-reboot -action panic=pause,watchdog=inject-nmi");
+        assert_eq!(c.actions.reboot, RebootAction::Shutdown);
+        assert_eq!(c.actions.shutdown, ShutdownAction::Poweroff);
+        assert_eq!(c.actions.panic, PanicAction::Pause);
+        assert_eq!(c.actions.watchdog, WatchdogAction::InjectNmi);
+        let c = run("-action watchdog=pause -watchdog-action poweroff -no-shutdown");
+        assert_eq!(c.actions.watchdog, WatchdogAction::Poweroff);
+        assert_eq!(c.actions.shutdown, ShutdownAction::Pause);
+        let c = run("-action reboot=shutdown,shutdown=pause");
+        assert_eq!(c.actions.reboot, RebootAction::Shutdown);
+        assert_eq!(c.actions.shutdown, ShutdownAction::Pause);
+        assert_eq!(
+            err("-action panic=bogus"),
+            "-action panic=bogus: Parameter 'panic' does not accept value 'bogus'"
+        );
+        assert!(err("-watchdog-action explode").contains("'explode'"));
+        assert!(err("-action frob=1").contains("frob"));
+    }
+
+    #[test]
+    fn rtc_options() {
+        use super::super::{RtcBase, RtcClock, RtcOpts};
+        assert_eq!(run("").rtc, RtcOpts::default());
+        let c = run("-rtc base=localtime,clock=vm,driftfix=slew");
+        assert_eq!(
+            c.rtc,
+            RtcOpts {
+                base: RtcBase::Localtime,
+                clock: RtcClock::Vm,
+                slew: true
+            }
+        );
+        assert_eq!(
+            run("-rtc base=2006-06-17T16:01:21").rtc.base,
+            RtcBase::Date(1_150_560_081)
+        );
+        assert_eq!(
+            run("-rtc base=2006-06-17,clock=rt").rtc,
+            RtcOpts {
+                base: RtcBase::Date(1_150_502_400),
+                clock: RtcClock::Rt,
+                slew: false
+            }
+        );
+        for bad in [
+            "base=2006-02-30",
+            "base=2006-13-01",
+            "base=2006-06-17T25:00:00",
+            "base=yesterday",
+            "clock=wall",
+            "driftfix=fast",
+            "speed=2",
+        ] {
+            assert!(
+                parse(args(&format!("-rtc {bad}"))).is_err(),
+                "-rtc {bad} must be refused"
+            );
+        }
     }
 
     #[test]

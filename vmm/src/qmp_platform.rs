@@ -1,0 +1,275 @@
+//! QMP for the platform devices: the balloon (`balloon`, `query-balloon`,
+//! BALLOON_CHANGE, and its statistics through `qom-get`/`qom-set`), the RTC
+//! (`rtc-reset-reinjection`, RTC_CHANGE) and the ACPI OSPM status reports
+//! (`query-acpi-ospm-status`, ACPI_DEVICE_OST).
+//!
+//! Kestrel's QOM tree is small: `/machine/peripheral/ID` (or
+//! `/machine/peripheral-anon/device[N]`) for each `-device`, with the properties QEMU's
+//! tools use on it: `type` everywhere, and on the balloon `guest-stats` and
+//! `guest-stats-polling-interval`. A path may be given whole or as the device id alone,
+//! as QEMU's partial paths allow.
+
+use monitor::{CommandContext, Empty, ErrorClass, QmpError, Registry};
+use serde_json::{json, Value};
+
+use crate::cmdline::devices::DeviceSpec;
+use crate::machine::Machine;
+use crate::pci::Attached;
+
+/// Where RTC_CHANGE says the RTC is.
+pub const RTC_QOM_PATH: &str = "/machine/unattached/device[0]";
+
+fn machine<'a>(ctx: &'a mut CommandContext<'_>) -> Result<&'a mut Machine, QmpError> {
+    ctx.machine
+        .as_any_mut()
+        .downcast_mut::<Machine>()
+        .ok_or_else(|| QmpError::generic("internal error: not Kestrel's machine"))
+}
+
+fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+monitor::qmp_struct! {
+    /// `BalloonInfo`, also BALLOON_CHANGE's data.
+    #[derive(Debug, Clone)]
+    pub struct BalloonInfo {
+        pub actual: i64 = "actual",
+    }
+}
+
+monitor::qmp_struct! {
+    /// Arguments of `balloon`.
+    #[derive(Debug, Clone)]
+    pub struct BalloonArgs {
+        pub value: i64 = "value",
+    }
+}
+
+monitor::qmp_struct! {
+    /// RTC_CHANGE's data.
+    #[derive(Debug, Clone)]
+    pub struct RtcChangeEvent {
+        pub offset: i64 = "offset",
+        pub qom_path: String = "qom-path",
+    }
+}
+
+monitor::qmp_struct! {
+    /// Arguments of `qom-get`.
+    #[derive(Debug, Clone)]
+    pub struct QomGetArgs {
+        pub path: String = "path",
+        pub property: String = "property",
+    }
+}
+
+monitor::qmp_struct! {
+    /// Arguments of `qom-set`.
+    #[derive(Debug, Clone)]
+    pub struct QomSetArgs {
+        pub path: String = "path",
+        pub property: String = "property",
+        pub value: Value = "value",
+    }
+}
+
+fn no_balloon() -> QmpError {
+    QmpError::new(
+        ErrorClass::DeviceNotActive,
+        "No balloon device has been activated",
+    )
+}
+
+type BalloonModel = std::sync::Arc<std::sync::Mutex<devices::virtio::balloon::VirtioBalloon>>;
+
+fn balloon(m: &Machine) -> Result<BalloonModel, QmpError> {
+    m.current_vm()
+        .and_then(|v| v.pci())
+        .and_then(|p| {
+            p.attached.iter().find_map(|a| match a {
+                Attached::Balloon { model, .. } => Some(model.clone()),
+                _ => None,
+            })
+        })
+        .ok_or_else(no_balloon)
+}
+
+/// `balloon value=N`: the guest should have N bytes of RAM left.
+fn set_balloon(m: &Machine, value: i64) -> Result<(), QmpError> {
+    let model = balloon(m)?;
+    if value <= 0 {
+        return Err(QmpError::generic("Parameter 'value' expects a size"));
+    }
+    let ram = m.ram_size();
+    let target = (value as u64).min(ram);
+    let pages = (ram - target) >> 12;
+    lock(&model).set_target_pages(u32::try_from(pages).unwrap_or(u32::MAX));
+    Ok(())
+}
+
+fn query_balloon(m: &Machine) -> Result<BalloonInfo, QmpError> {
+    let model = balloon(m)?;
+    let actual = lock(&model).actual_pages();
+    Ok(BalloonInfo {
+        actual: m.balloon_actual_bytes(actual),
+    })
+}
+
+/// A `-device` as the QOM tree names it.
+struct QomDevice {
+    path: String,
+    id: Option<String>,
+    type_name: &'static str,
+}
+
+fn type_name(d: &DeviceSpec) -> &'static str {
+    match d {
+        DeviceSpec::VirtioBlk { .. } => "virtio-blk-pci",
+        DeviceSpec::VirtioNet { .. } => "virtio-net-pci",
+        DeviceSpec::VirtioSerial { .. } => "virtio-serial-pci",
+        DeviceSpec::Pvpanic { .. } => "pvpanic",
+        DeviceSpec::PvpanicPci { .. } => "pvpanic-pci",
+        DeviceSpec::I6300esb { .. } => "i6300esb",
+        DeviceSpec::VirtioBalloon { .. } => "virtio-balloon-pci",
+        DeviceSpec::VirtioSerialPort { console: true, .. } => "virtconsole",
+        DeviceSpec::VirtioSerialPort { .. } => "virtserialport",
+    }
+}
+
+fn device_id(d: &DeviceSpec) -> Option<&str> {
+    match d {
+        DeviceSpec::VirtioBlk { id, .. }
+        | DeviceSpec::VirtioNet { id, .. }
+        | DeviceSpec::VirtioSerial { id, .. }
+        | DeviceSpec::Pvpanic { id, .. }
+        | DeviceSpec::PvpanicPci { id, .. }
+        | DeviceSpec::I6300esb { id, .. }
+        | DeviceSpec::VirtioBalloon { id, .. }
+        | DeviceSpec::VirtioSerialPort { id, .. } => id.as_deref(),
+    }
+}
+
+fn qom_devices(m: &Machine) -> Vec<QomDevice> {
+    let mut anon = 0;
+    m.device_specs()
+        .iter()
+        .map(|d| {
+            let id = device_id(d).map(str::to_string);
+            let path = match &id {
+                Some(id) => format!("/machine/peripheral/{id}"),
+                None => {
+                    anon += 1;
+                    format!("/machine/peripheral-anon/device[{}]", anon - 1)
+                }
+            };
+            QomDevice {
+                path,
+                id,
+                type_name: type_name(d),
+            }
+        })
+        .collect()
+}
+
+fn resolve(m: &Machine, path: &str) -> Result<QomDevice, QmpError> {
+    let not_found = || {
+        QmpError::new(
+            ErrorClass::DeviceNotFound,
+            format!("Device '{path}' not found"),
+        )
+    };
+    let mut matches = qom_devices(m).into_iter().filter(|d| {
+        d.path == path
+            || (!path.starts_with('/')
+                && (d.id.as_deref() == Some(path) || d.path.ends_with(&format!("/{path}"))))
+    });
+    let first = matches.next().ok_or_else(not_found)?;
+    if matches.next().is_some() {
+        return Err(QmpError::generic(format!("Path '{path}' is ambiguous")));
+    }
+    Ok(first)
+}
+
+fn no_property(d: &QomDevice, property: &str) -> QmpError {
+    QmpError::generic(format!("Property '{}.{property}' not found", d.type_name))
+}
+
+fn qom_get(m: &Machine, path: &str, property: &str) -> Result<Value, QmpError> {
+    let d = resolve(m, path)?;
+    match (d.type_name, property) {
+        (t, "type") => Ok(json!(t)),
+        ("virtio-balloon-pci", "guest-stats-polling-interval") => {
+            let b = balloon(m)?;
+            let v = lock(&b).stats_interval_secs();
+            Ok(json!(v))
+        }
+        ("virtio-balloon-pci", "guest-stats") => {
+            let b = balloon(m)?;
+            let s = lock(&b).stats();
+            if s.last_update == 0 {
+                return Err(QmpError::generic("guest hasn't updated any stats yet"));
+            }
+            let stats: serde_json::Map<String, Value> = s
+                .iter()
+                .map(|(name, v)| (name.to_string(), json!(v)))
+                .collect();
+            Ok(json!({"stats": stats, "last-update": s.last_update}))
+        }
+        _ => Err(no_property(&d, property)),
+    }
+}
+
+fn qom_set(m: &Machine, path: &str, property: &str, value: &Value) -> Result<(), QmpError> {
+    let d = resolve(m, path)?;
+    match (d.type_name, property) {
+        (_, "type") => Err(QmpError::generic(format!(
+            "Property '{}.type' is not writable",
+            d.type_name
+        ))),
+        ("virtio-balloon-pci", "guest-stats-polling-interval") => {
+            let v = value.as_i64().ok_or_else(|| {
+                QmpError::generic("Invalid parameter type for 'value', expected: integer")
+            })?;
+            if v < 0 {
+                return Err(QmpError::generic("timer value must be greater than zero"));
+            }
+            let v = u32::try_from(v).map_err(|_| QmpError::generic("timer value is too big"))?;
+            let b = balloon(m)?;
+            lock(&b).set_stats_interval_secs(v);
+            Ok(())
+        }
+        ("virtio-balloon-pci", "guest-stats") => Err(QmpError::generic(
+            "Property 'virtio-balloon-pci.guest-stats' is not writable",
+        )),
+        _ => Err(no_property(&d, property)),
+    }
+}
+
+pub fn register(r: &mut Registry) -> Result<(), monitor::Error> {
+    r.register("balloon", |ctx, a: BalloonArgs| {
+        set_balloon(machine(ctx)?, a.value).map(|_| Empty {})
+    })?;
+    r.register("query-balloon", |ctx, _: Empty| {
+        query_balloon(machine(ctx)?)
+    })?;
+    r.register("qom-get", |ctx, a: QomGetArgs| {
+        qom_get(machine(ctx)?, &a.path, &a.property)
+    })?;
+    r.register("qom-set", |ctx, a: QomSetArgs| {
+        qom_set(machine(ctx)?, &a.path, &a.property, &a.value).map(|_| Empty {})
+    })?;
+    r.register("rtc-reset-reinjection", |ctx, _: Empty| {
+        machine(ctx)?.rtc_reset_reinjection();
+        Ok(Empty {})
+    })?;
+    Ok(())
+}
+
+/// The events of this module, for `query-qmp-schema`.
+pub fn register_events(r: &mut Registry) -> Result<(), monitor::Error> {
+    use monitor::QmpType;
+    r.register_event("BALLOON_CHANGE", BalloonInfo::schema)?;
+    r.register_event("RTC_CHANGE", RtcChangeEvent::schema)?;
+    Ok(())
+}
