@@ -636,3 +636,133 @@ fn pvpanic_reports_a_guest_panic_with_its_action() {
         assert_eq!(vm.console(), "TINY-PANIC\n");
     }
 }
+
+/// The platform devices' QMP surface, checked against QEMU 7.2's answers without a guest
+/// driver: balloon and query-balloon, the balloon's QOM properties and their errors,
+/// query-acpi-ospm-status, rtc-reset-reinjection, and the devices on the PCI bus.
+#[test]
+fn platform_device_commands_answer_as_qemu() {
+    let f = start(
+        "platform",
+        "TINY\n",
+        &[
+            "-S",
+            "-device",
+            "virtio-balloon-pci,id=balloon0",
+            "-device",
+            "i6300esb,id=wdt",
+            "-device",
+            "pvpanic-pci",
+        ],
+    );
+    let mut q = Qmp::connect(&f.sock);
+    q.negotiate();
+    let mib = 1u64 << 20;
+    assert_eq!(
+        q.ok("query-balloon", Value::Null),
+        json!({"actual": 32 * mib})
+    );
+    for bad in [0i64, -5] {
+        generic(
+            &q.cmd("balloon", json!({"value": bad})),
+            "Parameter 'target' expects a size",
+        );
+    }
+    q.ok("balloon", json!({"value": 16 * mib}));
+    // No driver yet: nothing inflated.
+    assert_eq!(
+        q.ok("query-balloon", Value::Null),
+        json!({"actual": 32 * mib})
+    );
+
+    let stats = q.ok(
+        "qom-get",
+        json!({"path": "balloon0", "property": "guest-stats"}),
+    );
+    assert_eq!(stats["last-update"], 0);
+    assert_eq!(stats["stats"]["stat-free-memory"], json!(u64::MAX));
+    assert_eq!(stats["stats"].as_object().unwrap().len(), 10);
+    let interval =
+        json!({"path": "/machine/peripheral/balloon0", "property": "guest-stats-polling-interval"});
+    assert_eq!(q.ok("qom-get", interval.clone()), json!(0));
+    let mut set = interval.clone();
+    set["value"] = json!(-1);
+    generic(
+        &q.cmd("qom-set", set.clone()),
+        "timer value must be greater than zero",
+    );
+    set["value"] = json!("x");
+    generic(
+        &q.cmd("qom-set", set.clone()),
+        "Invalid parameter type for 'guest-stats-polling-interval', expected: integer",
+    );
+    set["value"] = json!(3);
+    q.ok("qom-set", set);
+    assert_eq!(q.ok("qom-get", interval), json!(3));
+
+    let r = q.cmd("qom-get", json!({"path": "nope", "property": "type"}));
+    assert_eq!(
+        error(&r),
+        ("DeviceNotFound".into(), "Device 'nope' not found".into())
+    );
+    generic(
+        &q.cmd("qom-get", json!({"path": "balloon0", "property": "nope"})),
+        "Property 'virtio-balloon-pci.nope' not found",
+    );
+    assert_eq!(
+        q.ok("qom-get", json!({"path": "wdt", "property": "type"})),
+        "i6300esb"
+    );
+    assert_eq!(
+        q.ok(
+            "qom-get",
+            json!({"path": "/machine/peripheral-anon/device[0]", "property": "type"})
+        ),
+        "pvpanic-pci"
+    );
+    generic(
+        &q.cmd(
+            "qom-set",
+            json!({"path": "balloon0", "property": "type", "value": "x"}),
+        ),
+        "Property 'virtio-balloon-pci.type' is not writable",
+    );
+    assert_eq!(q.ok("query-acpi-ospm-status", Value::Null), json!([]));
+    assert_eq!(q.ok("rtc-reset-reinjection", Value::Null), json!({}));
+
+    let pci = q.ok("query-pci", Value::Null);
+    let ids: Vec<(u64, u64)> = pci[0]["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["id"]["vendor"].as_u64().unwrap(),
+                d["id"]["device"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    for want in [(0x1af4, 0x1045), (0x8086, 0x25ab), (0x1b36, 0x0011)] {
+        assert!(ids.contains(&want), "{want:x?} in {ids:x?}");
+    }
+    q.ok("quit", Value::Null);
+    drop(f);
+
+    // Without a balloon device.
+    let f = start("noballoon", "TINY\n", &["-S"]);
+    let mut q = Qmp::connect(&f.sock);
+    q.negotiate();
+    for (cmd, args) in [
+        ("query-balloon", Value::Null),
+        ("balloon", json!({"value": mib})),
+    ] {
+        assert_eq!(
+            error(&q.cmd(cmd, args)),
+            (
+                "DeviceNotActive".into(),
+                "No balloon device has been activated".into()
+            )
+        );
+    }
+    q.ok("quit", Value::Null);
+}

@@ -74,6 +74,18 @@ monitor::qmp_struct! {
     }
 }
 
+monitor::qmp_struct! {
+    /// `ACPIOSTInfo`.
+    #[derive(Debug, Clone)]
+    pub struct AcpiOstInfo {
+        pub device: Option<String> = "device",
+        pub slot: String = "slot",
+        pub slot_type: String = "slot-type",
+        pub source: i64 = "source",
+        pub status: i64 = "status",
+    }
+}
+
 fn no_balloon() -> QmpError {
     QmpError::new(
         ErrorClass::DeviceNotActive,
@@ -99,7 +111,8 @@ fn balloon(m: &Machine) -> Result<BalloonModel, QmpError> {
 fn set_balloon(m: &Machine, value: i64) -> Result<(), QmpError> {
     let model = balloon(m)?;
     if value <= 0 {
-        return Err(QmpError::generic("Parameter 'value' expects a size"));
+        // QEMU names the argument by its internal name here.
+        return Err(QmpError::generic("Parameter 'target' expects a size"));
     }
     let ram = m.ram_size();
     let target = (value as u64).min(ram);
@@ -207,12 +220,16 @@ fn qom_get(m: &Machine, path: &str, property: &str) -> Result<Value, QmpError> {
         ("virtio-balloon-pci", "guest-stats") => {
             let b = balloon(m)?;
             let s = lock(&b).stats();
-            if s.last_update == 0 {
-                return Err(QmpError::generic("guest hasn't updated any stats yet"));
-            }
+            // uint64 as in QEMU: a statistic the guest never reported is all ones, and
+            // before the first report `last-update` is 0.
             let stats: serde_json::Map<String, Value> = s
                 .iter()
-                .map(|(name, v)| (name.to_string(), json!(v)))
+                .map(|(name, v)| {
+                    (
+                        name.to_string(),
+                        json!(u64::try_from(v).unwrap_or(u64::MAX)),
+                    )
+                })
                 .collect();
             Ok(json!({"stats": stats, "last-update": s.last_update}))
         }
@@ -229,7 +246,9 @@ fn qom_set(m: &Machine, path: &str, property: &str, value: &Value) -> Result<(),
         ))),
         ("virtio-balloon-pci", "guest-stats-polling-interval") => {
             let v = value.as_i64().ok_or_else(|| {
-                QmpError::generic("Invalid parameter type for 'value', expected: integer")
+                QmpError::generic(
+                    "Invalid parameter type for 'guest-stats-polling-interval', expected: integer",
+                )
             })?;
             if v < 0 {
                 return Err(QmpError::generic("timer value must be greater than zero"));
@@ -258,6 +277,11 @@ pub fn register(r: &mut Registry) -> Result<(), monitor::Error> {
     })?;
     r.register("qom-set", |ctx, a: QomSetArgs| {
         qom_set(machine(ctx)?, &a.path, &a.property, &a.value).map(|_| Empty {})
+    })?;
+    // No Kestrel device has an _OST method (there is no hotplug for a guest to report
+    // on), so the list is always empty, as on QEMU's microvm without memory hotplug.
+    r.register("query-acpi-ospm-status", |_, _: Empty| {
+        Ok(Vec::<AcpiOstInfo>::new())
     })?;
     r.register("rtc-reset-reinjection", |ctx, _: Empty| {
         machine(ctx)?.rtc_reset_reinjection();
