@@ -117,9 +117,10 @@ fn guest_clock_changes_and_alarms_reach_the_rtc() {
     let ev = q.event("RTC_CHANGE");
     let expect = target - unix_now();
     let offset = ev["data"]["offset"].as_i64().unwrap();
+    // hwclock writes the guest's time a little after `date -s` set it to the target.
     assert!(
-        (offset - expect).abs() <= 5,
-        "offset {offset}, expected about {expect}: {ev}"
+        (-2..=30).contains(&(offset - expect)),
+        "offset {offset}, expected a little over {expect}: {ev}"
     );
     assert_eq!(ev["data"]["qom-path"], "/machine/unattached/device[0]");
     q.ok("rtc-reset-reinjection", Value::Null);
