@@ -727,6 +727,28 @@ fn platform_device_commands_answer_as_qemu() {
         ),
         "Property 'virtio-balloon-pci.type' is not writable",
     );
+    // The RTC is where RTC_CHANGE says it is; its date is the host's UTC date here.
+    let tm = q.ok(
+        "qom-get",
+        json!({"path": "/machine/unattached/device[0]", "property": "date"}),
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let year = 1970 + (now as f64 / 31_556_952.0) as i64;
+    assert!(
+        (year - 1901..=year - 1899).contains(&tm["tm_year"].as_i64().unwrap()),
+        "{tm}"
+    );
+    assert!((0..12).contains(&tm["tm_mon"].as_i64().unwrap()), "{tm}");
+    assert_eq!(
+        q.ok(
+            "qom-get",
+            json!({"path": "/machine", "property": "rtc-time"})
+        )["tm_year"],
+        tm["tm_year"]
+    );
     assert_eq!(q.ok("query-acpi-ospm-status", Value::Null), json!([]));
     assert_eq!(q.ok("rtc-reset-reinjection", Value::Null), json!({}));
 

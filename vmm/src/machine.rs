@@ -139,6 +139,11 @@ impl Machine {
         &self.cfg.devices
     }
 
+    /// What the guest's RTC shows now.
+    pub fn rtc_time(&self) -> Option<devices::legacy::RtcDateTime> {
+        self.vm.as_ref().map(|v| v.rtc_time())
+    }
+
     /// `rtc-reset-reinjection`: forget the periodic RTC interrupts the guest still owes.
     pub fn rtc_reset_reinjection(&self) {
         if let Some(vm) = &self.vm {

@@ -4,10 +4,11 @@
 //! (`query-acpi-ospm-status`, ACPI_DEVICE_OST).
 //!
 //! Kestrel's QOM tree is small: `/machine/peripheral/ID` (or
-//! `/machine/peripheral-anon/device[N]`) for each `-device`, with the properties QEMU's
-//! tools use on it: `type` everywhere, and on the balloon `guest-stats` and
-//! `guest-stats-polling-interval`. A path may be given whole or as the device id alone,
-//! as QEMU's partial paths allow.
+//! `/machine/peripheral-anon/device[N]`) for each `-device`, and the RTC (the path
+//! RTC_CHANGE names), with the properties QEMU's tools use: `type` everywhere, on the
+//! balloon `guest-stats` and `guest-stats-polling-interval`, on the RTC `date` (also
+//! `/machine`'s `rtc-time`). A path may be given whole or as the device id alone, as
+//! QEMU's partial paths allow.
 
 use monitor::{CommandContext, Empty, ErrorClass, QmpError, Registry};
 use serde_json::{json, Value};
@@ -165,9 +166,21 @@ fn device_id(d: &DeviceSpec) -> Option<&str> {
 
 fn qom_devices(m: &Machine) -> Vec<QomDevice> {
     let mut anon = 0;
-    m.device_specs()
-        .iter()
-        .map(|d| {
+    let fixed = [
+        QomDevice {
+            path: "/machine".into(),
+            id: None,
+            type_name: "kestrel-machine",
+        },
+        QomDevice {
+            path: RTC_QOM_PATH.into(),
+            id: None,
+            type_name: "mc146818rtc",
+        },
+    ];
+    fixed
+        .into_iter()
+        .chain(m.device_specs().iter().map(|d| {
             let id = device_id(d).map(str::to_string);
             let path = match &id {
                 Some(id) => format!("/machine/peripheral/{id}"),
@@ -181,8 +194,23 @@ fn qom_devices(m: &Machine) -> Vec<QomDevice> {
                 id,
                 type_name: type_name(d),
             }
-        })
+        }))
         .collect()
+}
+
+/// QEMU's `struct tm` as the RTC's `date` property gives it.
+fn rtc_tm(m: &Machine) -> Result<Value, QmpError> {
+    let t = m
+        .rtc_time()
+        .ok_or_else(|| QmpError::generic("the machine has no RTC"))?;
+    Ok(json!({
+        "tm_year": t.year - 1900,
+        "tm_mon": i64::from(t.month) - 1,
+        "tm_mday": t.day,
+        "tm_hour": t.hour,
+        "tm_min": t.minute,
+        "tm_sec": t.second,
+    }))
 }
 
 fn resolve(m: &Machine, path: &str) -> Result<QomDevice, QmpError> {
@@ -212,6 +240,7 @@ fn qom_get(m: &Machine, path: &str, property: &str) -> Result<Value, QmpError> {
     let d = resolve(m, path)?;
     match (d.type_name, property) {
         (t, "type") => Ok(json!(t)),
+        ("mc146818rtc", "date") | ("kestrel-machine", "rtc-time") => rtc_tm(m),
         ("virtio-balloon-pci", "guest-stats-polling-interval") => {
             let b = balloon(m)?;
             let v = lock(&b).stats_interval_secs();
@@ -240,10 +269,12 @@ fn qom_get(m: &Machine, path: &str, property: &str) -> Result<Value, QmpError> {
 fn qom_set(m: &Machine, path: &str, property: &str, value: &Value) -> Result<(), QmpError> {
     let d = resolve(m, path)?;
     match (d.type_name, property) {
-        (_, "type") => Err(QmpError::generic(format!(
-            "Property '{}.type' is not writable",
-            d.type_name
-        ))),
+        (_, "type") | ("mc146818rtc", "date") | ("kestrel-machine", "rtc-time") => {
+            Err(QmpError::generic(format!(
+                "Property '{}.{property}' is not writable",
+                d.type_name
+            )))
+        }
         ("virtio-balloon-pci", "guest-stats-polling-interval") => {
             let v = value.as_i64().ok_or_else(|| {
                 QmpError::generic(

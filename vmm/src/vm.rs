@@ -418,6 +418,14 @@ impl Vm {
         self.rtc.lock().unwrap_or_else(|p| p.into_inner()).state()
     }
 
+    /// The guest's RTC date and time now.
+    pub fn rtc_time(&self) -> devices::legacy::RtcDateTime {
+        self.rtc
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .guest_time()
+    }
+
     /// `rtc-reset-reinjection`.
     pub fn rtc_reset_reinjection(&self) {
         self.rtc

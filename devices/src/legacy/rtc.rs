@@ -460,6 +460,12 @@ impl CmosRtc {
         self.s.guest_offset_secs
     }
 
+    /// The date and time the guest's RTC shows now (QEMU's `date` property).
+    pub fn guest_time(&self) -> RtcDateTime {
+        let (host_secs, _) = self.host_now();
+        self.current(host_secs)
+    }
+
     /// The timer expired: raise what is due and arm for what comes next.
     pub fn timer_fired(&mut self) {
         self.armed = None;
