@@ -140,10 +140,14 @@ impl Interrupt for IntxLine {
 type Doorbells = (Vec<EventFd>, Vec<u64>);
 
 /// Plugs BARs into the buses, and queue doorbells into KVM, wherever they decode.
+///
+/// It holds the buses weakly: the port bus holds the configuration mechanism, which
+/// holds the PCI bus, which holds this handler, so strong references would make a cycle
+/// and keep every device (and its open image) alive after the boot is dropped.
 struct BarPlumbing {
     vm: Arc<VmFd>,
-    pio: Arc<Bus>,
-    mmio: Arc<Bus>,
+    pio: std::sync::Weak<Bus>,
+    mmio: std::sync::Weak<Bus>,
     /// Per function (by PCI address): the doorbell eventfds and where they are registered.
     kicks: Mutex<HashMap<u8, Doorbells>>,
 }
@@ -154,6 +158,10 @@ impl BarRemapHandler for BarPlumbing {
             &self.pio
         } else {
             &self.mmio
+        };
+        // Gone only while the boot is being dropped: nothing left to plug into.
+        let Some(bus) = bus.upgrade() else {
+            return;
         };
         let mut kicks = lock(&self.kicks);
         let entry = kicks.get_mut(&r.address.devfn());
@@ -598,8 +606,8 @@ pub fn build(
     let bus = Arc::new(PciBus::new());
     let plumbing = Arc::new(BarPlumbing {
         vm: ctx.vm.clone(),
-        pio: ctx.pio.clone(),
-        mmio: ctx.mmio.clone(),
+        pio: Arc::downgrade(&ctx.pio),
+        mmio: Arc::downgrade(&ctx.mmio),
         kicks: Mutex::new(HashMap::new()),
     });
     bus.set_remap_handler(plumbing.clone());
