@@ -72,6 +72,102 @@ fn sigterm_ends_with_status_0() {
     );
 }
 
+/// A disk in use is locked as QEMU locks images: `qemu-img convert` refuses to read it
+/// while it may change (and `-U` reads it anyway), `qemu-img resize`, a second Kestrel and
+/// QEMU itself refuse to write it, the lock holds across guest resets (which reopen the
+/// image), and it goes with the process.
+#[test]
+fn a_disk_in_use_is_locked_against_qemu_img_qemu_and_a_second_kestrel() {
+    use std::process::Command;
+    let img = common::temp_path("locked.img");
+    std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+    let img_s = img.to_str().unwrap();
+    // The guest resets itself over and over: every boot reopens and relocks the disk.
+    let k = tiny_kernel("lock", "TINY-LOCK\n", Some((0x64, 0xfe)));
+    let drive = format!("file={img_s},format=raw,if=virtio");
+    let mut vm = boot(&k, &["-drive", &drive]);
+    vm.wait_for_count("TINY-LOCK", 3, T);
+
+    let copy = common::temp_path("locked-copy.img");
+    let convert = |force: bool| {
+        let mut c = Command::new("qemu-img");
+        c.arg("convert");
+        if force {
+            c.arg("-U");
+        }
+        c.args(["-f", "raw", "-O", "raw", img_s, copy.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let out = convert(false);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "qemu-img convert read a disk in use");
+    assert!(
+        err.contains("Failed to get shared \"write\" lock")
+            && err.contains(&format!("Is another process using the image [{img_s}]?")),
+        "{err}"
+    );
+    assert!(convert(true).status.success(), "-U shares the image");
+    let out = Command::new("qemu-img")
+        .args(["resize", "-f", "raw", img_s, "2M"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "qemu-img resized a disk in use");
+    assert!(err.contains("Failed to get \"write\" lock"), "{err}");
+
+    let (code, _, err) = common::run_to_exit(&[
+        "-nodefaults",
+        "-m",
+        "32",
+        "-kernel",
+        k.to_str().unwrap(),
+        "-drive",
+        &drive,
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("Failed to get \"write\" lock")
+            && err.contains(&format!("Is another process using the image [{img_s}]?")),
+        "{err}"
+    );
+
+    let q = Command::new("qemu-system-x86_64")
+        .args([
+            "-accel",
+            "kvm",
+            "-M",
+            "microvm",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-S",
+            "-m",
+            "32",
+            "-kernel",
+            k.to_str().unwrap(),
+            "-drive",
+            &format!("file={img_s},format=raw,if=none,id=d0"),
+            "-device",
+            "virtio-blk-device,drive=d0",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&q.stderr);
+    assert!(!q.status.success(), "QEMU opened the disk: {err}");
+    assert!(err.contains("Failed to get \"write\" lock"), "{err}");
+
+    let _ = vm.child.kill();
+    let _ = vm.child.wait();
+    let out = convert(false);
+    assert!(
+        out.status.success(),
+        "the lock went with the process: {out:?}"
+    );
+    std::fs::remove_file(&img).ok();
+    std::fs::remove_file(&copy).ok();
+}
+
 /// A guest reset drops everything of the old boot: a guest that resets itself 30 times
 /// holds no more descriptors than after 3 (PCI devices included, whose BAR plumbing
 /// once kept each boot alive through a reference cycle).

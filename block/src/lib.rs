@@ -14,6 +14,7 @@
 
 mod buffers;
 pub mod engine;
+pub mod lock;
 mod raw;
 mod stats;
 
@@ -23,6 +24,7 @@ pub use buffers::{AlignedBuf, IoBuffers};
 pub use engine::threads::ThreadPoolEngine;
 pub use engine::uring::IoUringEngine;
 pub use engine::{Completion, IoEngine};
+pub use lock::Locking;
 pub use raw::{AioMode, CacheMode, DiscardMode, DiskConfig, RawImage, SECTOR_SIZE};
 pub use stats::{BlockStats, OpKind, StatsHandle};
 
@@ -36,6 +38,8 @@ pub enum BlockError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
     #[error("cannot determine the size of disk image {path}: {source}")]
     Size {
         path: PathBuf,

@@ -149,6 +149,10 @@ pub struct DiskConfig {
     /// The serial the guest reads (virtio-blk GET_ID: at most 20 bytes are shown). `None`
     /// derives a stable one from the image path.
     pub serial: Option<String>,
+    /// QEMU-compatible image locking (see [`crate::lock`]).
+    pub locking: crate::Locking,
+    /// Let other users write the image too (a device's `share-rw=on`).
+    pub share_rw: bool,
 }
 
 impl DiskConfig {
@@ -163,6 +167,8 @@ impl DiskConfig {
             queue_depth: DEFAULT_QUEUE_DEPTH,
             threads: DEFAULT_THREADS,
             serial: None,
+            locking: crate::Locking::Auto,
+            share_rw: false,
         }
     }
 }
@@ -247,6 +253,8 @@ impl RawImage {
                     source,
                 }
             })?;
+        let (perm, shared) = crate::lock::disk_permissions(cfg.read_only, cfg.share_rw);
+        crate::lock::lock_image(&file, &cfg.path, perm, shared, cfg.locking)?;
         let size_err = |source| BlockError::Size {
             path: cfg.path.clone(),
             source,
@@ -780,15 +788,46 @@ mod tests {
         let t = image_file(4096);
         let cfg = DiskConfig::new(t.as_path());
         let a = RawImage::open(&cfg).unwrap();
-        let b = RawImage::open(&cfg).unwrap();
-        assert_eq!(a.serial(), b.serial());
+        let first = a.serial().to_string();
+        drop(a);
+        let a = RawImage::open(&cfg).unwrap();
+        assert_eq!(a.serial(), first);
         assert!(a.serial().starts_with("KS") && a.serial().len() == 18);
         let other = image_file(4096);
         let c = RawImage::open(&DiskConfig::new(other.as_path())).unwrap();
         assert_ne!(a.serial(), c.serial());
+        drop(a);
         let mut cfg = cfg;
         cfg.serial = Some("disk-0".into());
         assert_eq!(RawImage::open(&cfg).unwrap().serial(), "disk-0");
+    }
+
+    #[test]
+    fn an_image_in_use_by_a_writer_is_locked_as_qemu_locks_it() {
+        let t = image_file(4096);
+        let cfg = DiskConfig::new(t.as_path());
+        let a = RawImage::open(&cfg).unwrap();
+        let e = RawImage::open(&cfg).err().unwrap();
+        assert!(
+            matches!(e, BlockError::Lock(_)) && e.to_string().contains("\"write\" lock"),
+            "{e}"
+        );
+        // locking=off opens regardless (and takes nothing).
+        let mut off = cfg.clone();
+        off.locking = crate::Locking::Off;
+        drop(RawImage::open(&off).unwrap());
+        // share-rw on both sides lets two writers in.
+        drop(a);
+        let mut shared = cfg.clone();
+        shared.share_rw = true;
+        let _a = RawImage::open(&shared).unwrap();
+        let _b = RawImage::open(&shared).unwrap();
+        drop((_a, _b));
+        // Readers share.
+        let mut ro = cfg;
+        ro.read_only = true;
+        let _r1 = RawImage::open(&ro).unwrap();
+        let _r2 = RawImage::open(&ro).unwrap();
     }
 
     #[test]

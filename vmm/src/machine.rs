@@ -31,6 +31,8 @@ pub struct Machine {
     chardevs: std::collections::HashMap<String, Arc<Chardev>>,
     events_tx: ControlSender,
     vm: Option<Vm>,
+    /// The disks' image locks, held for the machine's life (see `pci::lock_drives`).
+    _image_locks: Vec<std::fs::File>,
     /// The RTC's clock (`-rtc`), and for `clock=vm` the stopwatch that runs with the vCPUs.
     rtc_clock: Arc<dyn devices::legacy::rtc::Clock>,
     rtc_watch: Option<Arc<crate::rtc_clock::GuestStopwatch>>,
@@ -51,7 +53,9 @@ impl Machine {
     ) -> Result<Machine, VmError> {
         let kvm = Kvm::new().map_err(VmError::Kvm)?;
         let (rtc_clock, rtc_watch) = crate::rtc_clock::rtc_clock(&cfg.rtc);
+        let image_locks = crate::pci::lock_drives(&cfg.devices, &cfg.drives)?;
         let mut m = Machine {
+            _image_locks: image_locks,
             rtc_clock,
             rtc_watch,
             kvm,

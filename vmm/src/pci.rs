@@ -493,6 +493,7 @@ impl Builder<'_> {
         d: &DriveSpec,
         serial: &Option<String>,
         num_queues: u16,
+        share_rw: bool,
     ) -> Result<(), PciSetupError> {
         use crate::cmdline::devices::{AioEngine, CacheMode};
         let mut dc = block::DiskConfig::new(&d.file);
@@ -513,6 +514,9 @@ impl Builder<'_> {
             AioEngine::Threads => block::AioMode::Threads,
         };
         dc.serial = serial.clone().or_else(|| d.serial.clone());
+        dc.share_rw = share_rw;
+        // The machine holds the image's locks for the drive's lifetime (`lock_drives`).
+        dc.locking = block::Locking::Off;
         let image =
             block::RawImage::open(&dc).map_err(|e| err(format!("drive '{}': {e}", d.id)))?;
         let qdev_id = id.clone().unwrap_or_default();
@@ -654,12 +658,13 @@ pub fn build(
                 drive,
                 serial,
                 num_queues,
+                share_rw,
             } => {
                 let d = drives
                     .iter()
                     .find(|d| d.id == *drive)
                     .ok_or_else(|| err(format!("drive '{drive}' not found")))?;
-                b.block(id, *addr, d, serial, *num_queues)?;
+                b.block(id, *addr, d, serial, *num_queues, *share_rw)?;
             }
             DeviceSpec::VirtioNet {
                 id,
@@ -793,6 +798,36 @@ impl WatchdogSink for WatchdogToMachine {
             event: VmEvent::WatchdogExpired,
         });
     }
+}
+
+/// Takes QEMU's image locks for every disk, for the life of the machine (a reset
+/// reopens the images but must never let go of them meanwhile): the files returned
+/// hold the locks.
+pub fn lock_drives(
+    specs: &[DeviceSpec],
+    drives: &[DriveSpec],
+) -> Result<Vec<std::fs::File>, PciSetupError> {
+    let mut held = Vec::new();
+    for spec in specs {
+        let DeviceSpec::VirtioBlk {
+            drive, share_rw, ..
+        } = spec
+        else {
+            continue;
+        };
+        let Some(d) = drives.iter().find(|d| d.id == *drive) else {
+            continue;
+        };
+        let mode = match d.locking {
+            crate::cmdline::devices::FileLocking::On => block::Locking::On,
+            crate::cmdline::devices::FileLocking::Off => block::Locking::Off,
+            crate::cmdline::devices::FileLocking::Auto => block::Locking::Auto,
+        };
+        let f = block::lock::lock_disk(&d.file, d.read_only, *share_rw, mode)
+            .map_err(|e| err(format!("drive '{}': {e}", d.id)))?;
+        held.extend(f);
+    }
+    Ok(held)
 }
 
 /// Whether a device sits on the PCI bus.

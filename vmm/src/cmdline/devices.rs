@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::keyvalue::{self, KvError};
+use super::keyvalue::{self, parse_bool, KvError};
 
 /// A PCI slot and function on bus 0 (`addr=SLOT[.FN]`, hex as QEMU reads it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +78,32 @@ pub struct DriveSpec {
     pub rerror: ErrorAction,
     /// `if=virtio`: a virtio-blk-pci device is created for it (QEMU's shorthand).
     pub auto_device: bool,
+    /// `file.locking=` / `locking=`: QEMU's image locking.
+    pub locking: FileLocking,
+}
+
+/// QEMU's `locking=on|off|auto` of a file node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FileLocking {
+    On,
+    Off,
+    #[default]
+    Auto,
+}
+
+fn locking(s: Option<String>) -> Result<FileLocking, String> {
+    Ok(match s.as_deref() {
+        None | Some("auto") => FileLocking::Auto,
+        Some(v) => match parse_bool(v) {
+            Some(true) => FileLocking::On,
+            Some(false) => FileLocking::Off,
+            None => {
+                return Err(format!(
+                    "Parameter 'locking' does not accept value '{v}' (on, off or auto)"
+                ))
+            }
+        },
+    })
 }
 
 /// A network backend (`-netdev tap`).
@@ -98,6 +124,8 @@ pub enum DeviceSpec {
         drive: String,
         serial: Option<String>,
         num_queues: u16,
+        /// `share-rw=on`: other users of the image may write it too.
+        share_rw: bool,
     },
     VirtioNet {
         id: Option<String>,
@@ -191,6 +219,8 @@ struct BlkOpts {
     serial: Option<String>,
     #[serde(rename = "num-queues")]
     num_queues: Option<u16>,
+    #[serde(rename = "share-rw")]
+    share_rw: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -294,6 +324,7 @@ pub fn parse_device(arg: &str) -> Result<DeviceSpec, String> {
                 Some(n) => n,
                 None => 1,
             },
+            share_rw: o.share_rw.unwrap_or(false),
         },
         DeviceOpts::VirtioNetPci(o) => DeviceSpec::VirtioNet {
             id: o.id,
@@ -428,6 +459,8 @@ struct DriveOpts {
     serial: Option<String>,
     werror: Option<String>,
     rerror: Option<String>,
+    #[serde(rename = "file.locking")]
+    file_locking: Option<String>,
 }
 
 /// Parses `-drive`; `index` numbers anonymous drives (`virtio0`, ... as QEMU names them).
@@ -475,6 +508,7 @@ pub fn parse_drive(arg: &str, index: usize) -> Result<DriveSpec, String> {
         werror,
         rerror,
         auto_device,
+        locking: locking(o.file_locking)?,
     })
 }
 
@@ -492,6 +526,7 @@ struct FileNodeOpts {
     cache_no_flush: Option<bool>,
     aio: Option<String>,
     discard: Option<String>,
+    locking: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -522,6 +557,7 @@ pub enum BlockNode {
         cache: CacheMode,
         aio: AioEngine,
         discard: bool,
+        locking: FileLocking,
     },
     Raw {
         node_name: String,
@@ -560,6 +596,7 @@ pub fn parse_blockdev(arg: &str) -> Result<BlockNode, String> {
             },
             aio: f.aio.as_deref().map(aio).transpose()?.unwrap_or_default(),
             discard: discard(f.discard)?,
+            locking: locking(f.locking)?,
         },
         BlockdevOpts::Raw(r) => BlockNode::Raw {
             node_name: need_name(r.node_name)?.to_string(),
@@ -585,7 +622,15 @@ pub fn resolve_node(nodes: &[BlockNode], name: &str) -> Result<Option<DriveSpec>
                 cache,
                 aio,
                 discard,
-            } if node_name == n => Some((filename.clone(), *read_only, *cache, *aio, *discard)),
+                locking,
+            } if node_name == n => Some((
+                filename.clone(),
+                *read_only,
+                *cache,
+                *aio,
+                *discard,
+                *locking,
+            )),
             _ => None,
         })
     };
@@ -597,21 +642,25 @@ pub fn resolve_node(nodes: &[BlockNode], name: &str) -> Result<Option<DriveSpec>
                 read_only,
                 discard,
             } if node_name == name => {
-                let (filename, ro, cache, aio, d) = find_file(file)
+                let (filename, ro, cache, aio, d, lock) = find_file(file)
                     .ok_or_else(|| format!("Cannot find device='' nor node-name='{file}'"))?;
-                return Ok(Some(spec(
+                let mut s = spec(
                     name,
                     filename,
                     *read_only || ro,
                     cache,
                     aio,
                     discard.unwrap_or(d),
-                )));
+                );
+                s.locking = lock;
+                return Ok(Some(s));
             }
             BlockNode::File { node_name, .. } if node_name == name => {
-                let (filename, ro, cache, aio, d) =
+                let (filename, ro, cache, aio, d, lock) =
                     find_file(name).ok_or("internal: node vanished")?;
-                return Ok(Some(spec(name, filename, ro, cache, aio, d)));
+                let mut s = spec(name, filename, ro, cache, aio, d);
+                s.locking = lock;
+                return Ok(Some(s));
             }
             _ => {}
         }
@@ -638,6 +687,7 @@ fn spec(
         werror: ErrorAction::Enospc,
         rerror: ErrorAction::Report,
         auto_device: false,
+        locking: FileLocking::Auto,
     }
 }
 
@@ -693,8 +743,10 @@ mod tests {
     #[test]
     fn devices() {
         assert_eq!(
-            parse_device("virtio-blk-pci,drive=d0,id=disk0,addr=0x4,serial=abc,num-queues=2")
-                .unwrap(),
+            parse_device(
+                "virtio-blk-pci,drive=d0,id=disk0,addr=0x4,serial=abc,num-queues=2,share-rw=on"
+            )
+            .unwrap(),
             DeviceSpec::VirtioBlk {
                 id: Some("disk0".into()),
                 addr: Some(PciAddr {
@@ -703,7 +755,8 @@ mod tests {
                 }),
                 drive: "d0".into(),
                 serial: Some("abc".into()),
-                num_queues: 2
+                num_queues: 2,
+                share_rw: true,
             }
         );
         assert_eq!(
@@ -820,7 +873,7 @@ mod tests {
 
     #[test]
     fn drives() {
-        let d = parse_drive("file=/tmp/d.img,format=raw,if=none,id=d0,cache=none,aio=threads,readonly=on,discard=unmap,serial=S1,werror=stop,rerror=ignore", 0).unwrap();
+        let d = parse_drive("file=/tmp/d.img,format=raw,if=none,id=d0,cache=none,aio=threads,readonly=on,discard=unmap,serial=S1,werror=stop,rerror=ignore,file.locking=off", 0).unwrap();
         assert_eq!(
             d,
             DriveSpec {
@@ -833,9 +886,18 @@ mod tests {
                 serial: Some("S1".into()),
                 werror: ErrorAction::Stop,
                 rerror: ErrorAction::Ignore,
-                auto_device: false
+                auto_device: false,
+                locking: FileLocking::Off,
             }
         );
+        assert_eq!(
+            parse_drive("file=/x,file.locking=on", 0).unwrap().locking,
+            FileLocking::On
+        );
+        assert_eq!(parse_drive("/x", 0).unwrap().locking, FileLocking::Auto);
+        assert!(parse_drive("file=/x,file.locking=maybe", 0)
+            .unwrap_err()
+            .contains("locking"));
         let d = parse_drive("/tmp/x.img", 3).unwrap();
         assert_eq!(
             (d.id.as_str(), d.auto_device, d.cache, d.aio),
@@ -866,15 +928,15 @@ mod tests {
     fn blockdev_graph() {
         let nodes = vec![
             parse_blockdev(
-                "driver=file,filename=/tmp/b.img,node-name=f0,cache.direct=on,aio=io_uring",
+                "driver=file,filename=/tmp/b.img,node-name=f0,cache.direct=on,aio=io_uring,locking=off",
             )
             .unwrap(),
             parse_blockdev("driver=raw,file=f0,node-name=r0,read-only=on").unwrap(),
         ];
         let d = resolve_node(&nodes, "r0").unwrap().unwrap();
         assert_eq!(
-            (d.file.to_str().unwrap(), d.read_only, d.cache),
-            ("/tmp/b.img", true, CacheMode::None)
+            (d.file.to_str().unwrap(), d.read_only, d.cache, d.locking),
+            ("/tmp/b.img", true, CacheMode::None, FileLocking::Off)
         );
         let d = resolve_node(&nodes, "f0").unwrap().unwrap();
         assert!(!d.read_only);

@@ -996,6 +996,7 @@ fn resolve_devices(
             drive: d.id.clone(),
             serial: d.serial.clone(),
             num_queues: 1,
+            share_rw: false,
         });
         resolved_drives.push(d.clone());
     }
