@@ -77,6 +77,7 @@ fn sigterm_ends_with_status_0() {
 /// QEMU itself refuse to write it, the lock holds across guest resets (which reopen the
 /// image), and it goes with the process.
 #[test]
+#[ignore = "needs qemu-img and QEMU (make deps): run by `make test`"]
 fn a_disk_in_use_is_locked_against_qemu_img_qemu_and_a_second_kestrel() {
     use std::process::Command;
     let img = common::temp_path("locked.img");
