@@ -788,3 +788,51 @@ fn platform_device_commands_answer_as_qemu() {
     }
     q.ok("quit", Value::Null);
 }
+
+/// query-chardev's frontend-open as QEMU 7.2 answers it: a serial port's and a monitor's
+/// chardev are open, a virtio-serial port's only while the guest has it open (not under
+/// -S), an unused chardev not at all.
+#[test]
+fn chardev_frontend_open_follows_the_frontend() {
+    let k = tiny_kernel("frontend", "TINY\n", None);
+    let sock = temp_path("frontend.qmp");
+    let qmp = format!("unix:{},server=on,wait=off", sock.display());
+    let _vm = Vm::start(&[
+        "-nodefaults",
+        "-S",
+        "-m",
+        "32",
+        "-kernel",
+        k.to_str().unwrap(),
+        "-chardev",
+        "null,id=s0",
+        "-serial",
+        "chardev:s0",
+        "-chardev",
+        "null,id=p0",
+        "-device",
+        "virtio-serial-pci",
+        "-device",
+        "virtserialport,chardev=p0,name=x",
+        "-chardev",
+        "null,id=unused",
+        "-qmp",
+        &qmp,
+    ]);
+    let mut q = Qmp::connect(&sock);
+    q.negotiate();
+    let list = q.ok("query-chardev", Value::Null);
+    let open = |label: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["label"] == label)
+            .unwrap_or_else(|| panic!("{label} in {list}"))["frontend-open"]
+            .clone()
+    };
+    assert_eq!(open("s0"), json!(true));
+    assert_eq!(open("p0"), json!(false));
+    assert_eq!(open("unused"), json!(false));
+    assert_eq!(open("compat_monitor0"), json!(true));
+    q.ok("quit", Value::Null);
+}

@@ -334,6 +334,19 @@ fn virtio_console_echoes_through_a_socket_chardev() {
     s.set_read_timeout(Some(BOOT_TIMEOUT)).unwrap();
     let e = q.event("VSERPORT_CHANGE");
     assert_eq!(e["data"], json!({"id": "port0", "open": true}));
+    let frontend_open = |q: &mut common::Qmp| {
+        q.ok("query-chardev", Value::Null)
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["label"] == "vc0")
+            .map(|c| c["frontend-open"].clone())
+    };
+    assert_eq!(
+        frontend_open(&mut q),
+        Some(json!(true)),
+        "the guest has it open"
+    );
     (&s).write_all(b"hello from the host\n").unwrap();
     let mut line = String::new();
     std::io::BufReader::new(&s).read_line(&mut line).unwrap();
@@ -341,15 +354,7 @@ fn virtio_console_echoes_through_a_socket_chardev() {
     let e = q.event("VSERPORT_CHANGE");
     assert_eq!(e["data"], json!({"id": "port0", "open": false}));
     vm.wait_for("GUEST-RUN-END status=0", BOOT_TIMEOUT);
-    let names = q.ok("query-chardev", Value::Null);
-    assert!(
-        names
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|c| c["label"] == "vc0"),
-        "{names}"
-    );
+    assert_eq!(frontend_open(&mut q), Some(json!(false)), "closed again");
     q.ok("quit", Value::Null);
     vm.wait_exit(BOOT_TIMEOUT);
 }

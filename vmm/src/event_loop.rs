@@ -525,6 +525,7 @@ impl EventLoop {
                     return None;
                 }
                 VmEvent::VserportChange { id, open } => {
+                    machine.set_port_open(&id, open);
                     mon.emit(
                         "VSERPORT_CHANGE",
                         &crate::qmp_devices::VserportChangeEvent { id, open },

@@ -31,6 +31,8 @@ pub struct Machine {
     chardevs: std::collections::HashMap<String, Arc<Chardev>>,
     events_tx: ControlSender,
     vm: Option<Vm>,
+    /// virtio-serial ports the guest has open (by port id), from VSERPORT_CHANGE.
+    open_ports: std::collections::HashSet<String>,
     /// The disks' image locks, held for the machine's life (see `pci::lock_drives`).
     _image_locks: Vec<std::fs::File>,
     /// The RTC's clock (`-rtc`), and for `clock=vm` the stopwatch that runs with the vCPUs.
@@ -55,6 +57,7 @@ impl Machine {
         let (rtc_clock, rtc_watch) = crate::rtc_clock::rtc_clock(&cfg.rtc);
         let image_locks = crate::pci::lock_drives(&cfg.devices, &cfg.drives)?;
         let mut m = Machine {
+            open_ports: Default::default(),
             _image_locks: image_locks,
             rtc_clock,
             rtc_watch,
@@ -78,6 +81,8 @@ impl Machine {
         // Drop the old VM (joining its vCPU threads) before building the next; its RTC
         // lives on in the next.
         let rtc_state = self.vm.as_ref().map(|v| v.rtc_state());
+        // The new boot's guest has opened nothing yet.
+        self.open_ports.clear();
         let watchdog_timed_out = self.vm.as_ref().is_some_and(|v| v.watchdog_timed_out());
         self.vm = None;
         self.generation += 1;
@@ -124,6 +129,20 @@ impl Machine {
     /// The current boot's VM, for the vmm's own QMP commands.
     pub fn current_vm(&self) -> Option<&Vm> {
         self.vm.as_ref()
+    }
+
+    /// The guest opened or closed virtio-serial port `id`.
+    pub fn set_port_open(&mut self, id: &str, open: bool) {
+        if open {
+            self.open_ports.insert(id.to_string());
+        } else {
+            self.open_ports.remove(id);
+        }
+    }
+
+    /// Whether the guest has virtio-serial port `id` open.
+    pub fn port_open(&self, id: &str) -> bool {
+        self.open_ports.contains(id)
     }
 
     /// Guest RAM in bytes.

@@ -263,7 +263,8 @@ fn vm_config(cfg: &Config) -> Result<VmConfig, String> {
 
 /// `query-chardev`'s list: every -chardev by id, and the implicit ones QEMU names
 /// `serialN` and `compat_monitorN`, with QEMU-style filenames.
-fn chardev_labels(cfg: &Config) -> Vec<(String, String)> {
+fn chardev_labels(cfg: &Config) -> Vec<qmp_devices::ChardevLabel> {
+    use qmp_devices::{ChardevLabel, Frontend};
     fn filename(b: &ChardevBackend) -> String {
         match b {
             ChardevBackend::Stdio => "stdio".into(),
@@ -286,19 +287,51 @@ fn chardev_labels(cfg: &Config) -> Vec<(String, String)> {
             }
         }
     }
-    let mut v: Vec<(String, String)> = cfg
+    // As QEMU: a serial port or monitor always has its chardev open, a virtio-serial
+    // port when the guest opened it, and a chardev nothing uses is not open.
+    let frontend = |id: &str| {
+        let port = cfg.devices.iter().find_map(|d| match d {
+            cmdline::devices::DeviceSpec::VirtioSerialPort {
+                id: pid, chardev, ..
+            } if chardev == id => Some(pid.clone().unwrap_or_else(|| chardev.clone())),
+            _ => None,
+        });
+        let used = cfg.serial_chardevs.iter().flatten().any(|c| c == id)
+            || cfg
+                .monitors
+                .iter()
+                .any(|m| m.chardev.as_deref() == Some(id));
+        match port {
+            Some(p) => Frontend::Port(p),
+            None if used => Frontend::Open,
+            None => Frontend::Unused,
+        }
+    };
+    let mut v: Vec<ChardevLabel> = cfg
         .chardevs
         .iter()
-        .map(|c| (c.id.clone(), filename(&c.backend)))
+        .map(|c| ChardevLabel {
+            label: c.id.clone(),
+            filename: filename(&c.backend),
+            frontend: frontend(&c.id),
+        })
         .collect();
-    for (i, b) in cfg.serials.iter().enumerate() {
-        if !cfg.chardevs.iter().any(|c| c.backend == *b) {
-            v.push((format!("serial{i}"), filename(b)));
+    for (i, (b, id)) in cfg.serials.iter().zip(&cfg.serial_chardevs).enumerate() {
+        if id.is_none() {
+            v.push(ChardevLabel {
+                label: format!("serial{i}"),
+                filename: filename(b),
+                frontend: Frontend::Open,
+            });
         }
     }
     for (i, m) in cfg.monitors.iter().enumerate() {
-        if !cfg.chardevs.iter().any(|c| c.backend == m.backend) {
-            v.push((format!("compat_monitor{i}"), filename(&m.backend)));
+        if m.chardev.is_none() {
+            v.push(ChardevLabel {
+                label: format!("compat_monitor{i}"),
+                filename: filename(&m.backend),
+                frontend: Frontend::Open,
+            });
         }
     }
     v

@@ -514,7 +514,26 @@ monitor::qmp_struct! {
 
 /// Registers the device commands; `chardevs` is what `query-chardev` lists (labels and
 /// QEMU-style filenames, fixed at startup).
-pub fn register(r: &mut Registry, chardevs: Vec<(String, String)>) -> Result<(), monitor::Error> {
+/// Who has a chardev open, for `query-chardev`'s `frontend-open`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frontend {
+    /// A serial port or monitor: always.
+    Open,
+    /// A virtio-serial port (by its id in VSERPORT_CHANGE): while the guest has it open.
+    Port(String),
+    /// Nothing uses it.
+    Unused,
+}
+
+/// One `query-chardev` entry.
+#[derive(Debug, Clone)]
+pub struct ChardevLabel {
+    pub label: String,
+    pub filename: String,
+    pub frontend: Frontend,
+}
+
+pub fn register(r: &mut Registry, chardevs: Vec<ChardevLabel>) -> Result<(), monitor::Error> {
     r.register("query-pci", |ctx, _: Empty| Ok(query_pci(machine(ctx)?)))?;
     r.register("query-block", |ctx, _: Empty| {
         Ok(query_block(machine(ctx)?))
@@ -528,13 +547,18 @@ pub fn register(r: &mut Registry, chardevs: Vec<(String, String)>) -> Result<(),
     r.register("set_link", |ctx, a: SetLinkArgs| {
         set_link(machine(ctx)?, &a.name, a.up).map(|_| Empty {})
     })?;
-    r.register("query-chardev", move |_, _: Empty| {
+    r.register("query-chardev", move |ctx, _: Empty| {
+        let m = machine(ctx)?;
         Ok(chardevs
             .iter()
-            .map(|(label, filename)| ChardevInfo {
-                label: label.clone(),
-                filename: filename.clone(),
-                frontend_open: true,
+            .map(|c| ChardevInfo {
+                label: c.label.clone(),
+                filename: c.filename.clone(),
+                frontend_open: match &c.frontend {
+                    Frontend::Open => true,
+                    Frontend::Port(id) => m.port_open(id),
+                    Frontend::Unused => false,
+                },
             })
             .collect::<Vec<_>>())
     })?;

@@ -84,6 +84,8 @@ pub struct Config {
     /// `-daemonize` it is `Null` instead, stdio being gone. `-serial none` adds no port and,
     /// as in QEMU, uses up no COM number.
     pub serials: Vec<ChardevBackend>,
+    /// For each of `serials`, the `-chardev` id it uses (`-serial chardev:ID`), if any.
+    pub serial_chardevs: Vec<Option<String>>,
     /// Every `-chardev`, in command-line order; ids are unique.
     pub chardevs: Vec<Chardev>,
     /// QMP monitors (`-qmp`, `-qmp-pretty`, `-mon mode=control`), in command-line order.
@@ -159,6 +161,7 @@ impl Default for Config {
             initrd: None,
             append: String::new(),
             serials: Vec::new(),
+            serial_chardevs: Vec::new(),
             chardevs: Vec::new(),
             monitors: Vec::new(),
             devices: Vec::new(),
@@ -222,6 +225,8 @@ pub struct Chardev {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MonitorSpec {
     pub backend: ChardevBackend,
+    /// The `-chardev` id it uses, if it names one (`-mon chardev=ID`, `-qmp chardev:ID`).
+    pub chardev: Option<String>,
     /// `pretty=on` / `-qmp-pretty`: responses pretty-printed (still one message per line end).
     pub pretty: bool,
 }

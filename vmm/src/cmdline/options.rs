@@ -445,15 +445,21 @@ impl Builder {
             }
         }
         let mut used: Vec<&str> = Vec::new();
+        let chardev_id = |spec: &SerialSpec| match spec {
+            SerialSpec::Chardev(id) => Some(id.clone()),
+            _ => None,
+        };
         for (origin, spec) in &serials {
             if let Some(backend) = chardev_for(&cfg, origin, spec, &mut used)? {
                 cfg.serials.push(backend);
+                cfg.serial_chardevs.push(chardev_id(spec));
             }
         }
         for (origin, spec, pretty) in &monitors {
             if let Some(backend) = chardev_for(&cfg, origin, spec, &mut used)? {
                 cfg.monitors.push(MonitorSpec {
                     backend,
+                    chardev: chardev_id(spec),
                     pretty: *pretty,
                 });
             }
@@ -466,6 +472,7 @@ impl Builder {
             } else {
                 ChardevBackend::Stdio
             });
+            cfg.serial_chardevs.push(None);
         }
         resolve_devices(&mut cfg, devices, &blockdevs, &used)?;
         // One terminal cannot carry two byte streams (QEMU would need mon:stdio muxing).
@@ -1365,6 +1372,7 @@ mod tests {
                     server: true,
                     wait: false
                 },
+                chardev: None,
                 pretty: false
             }
         );
