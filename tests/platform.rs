@@ -29,10 +29,10 @@ fn status(q: &mut Qmp) -> Value {
 }
 
 /// The guest's `watchdog` daemon arms the i6300esb with a 2 s timeout and feeds it only
-/// every 10 s, so it expires 2 s after each feed. Three expiries, three actions, one
+/// every 10 s, so it expires 2 s after each feed. Five expiries, five actions, one
 /// process: `pause` (WATCHDOG, STOP, state `watchdog`; `cont` resumes), `reset` (the guest
-/// reboots: RESET guest-reset, and the driver sees the watchdog caused it), `poweroff`
-/// (the process exits at once, no SHUTDOWN).
+/// reboots: RESET guest-reset), `inject-nmi` (the guest logs the NMI), `debug` (a line on
+/// stderr, the guest runs on), `poweroff` (the process exits at once, no SHUTDOWN).
 #[test]
 #[ignore = "boots a guest: run by `make test`"]
 fn watchdog_expiry_carries_out_pause_reset_and_poweroff() {
@@ -79,6 +79,17 @@ fn watchdog_expiry_carries_out_pause_reset_and_poweroff() {
     assert_eq!(r["data"], json!({"guest": true, "reason": "guest-reset"}));
     assert_eq!(status(&mut q), "running");
     vm.wait_for_count("GUEST-UP", 2, BOOT_TIMEOUT);
+
+    // inject-nmi: the guest logs an NMI and runs on; debug: a line on stderr, nothing else.
+    q.ok("set-action", json!({"watchdog": "inject-nmi"}));
+    let w = q.event("WATCHDOG");
+    assert_eq!(w["data"], json!({"action": "inject-nmi"}));
+    vm.wait_for("NMI received", BOOT_TIMEOUT);
+    q.ok("watchdog-set-action", json!({"action": "debug"}));
+    let w = q.event("WATCHDOG");
+    assert_eq!(w["data"], json!({"action": "debug"}));
+    assert_eq!(status(&mut q), "running");
+    assert!(vm.stderr().contains("watchdog"), "{}", vm.stderr());
 
     // poweroff: gone at once, without a SHUTDOWN event.
     q.ok("set-action", json!({"watchdog": "poweroff"}));
