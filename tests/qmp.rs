@@ -589,6 +589,38 @@ fn wait_on_pretty_mon_and_stdio() {
     assert!(lines[3].contains("\"SHUTDOWN\""), "{out}");
 }
 
+/// pvpanic SHUTDOWN (QEMU 9.1): GUEST_PVSHUTDOWN without data, then the guest poweroff
+/// it asks for: SHUTDOWN(guest-shutdown) and exit 0.
+#[test]
+fn pvpanic_shutdown_is_a_guest_poweroff() {
+    let k = tiny_kernel("pvshutdown", "TINY-PVSHUTDOWN\n", Some((0x505, 4)));
+    let sock = temp_path("pvshutdown.qmp");
+    let qmp = format!("unix:{},server=on,wait=off", sock.display());
+    let mut vm = Vm::start(&[
+        "-nodefaults",
+        "-m",
+        "32",
+        "-S",
+        "-kernel",
+        k.to_str().unwrap(),
+        "-device",
+        "pvpanic",
+        "-qmp",
+        &qmp,
+    ]);
+    let mut q = Qmp::connect(&sock);
+    q.negotiate();
+    q.ok("cont", Value::Null);
+    let e = q.event("GUEST_PVSHUTDOWN");
+    assert!(e.get("data").is_none(), "{e}");
+    let s = q.event("SHUTDOWN");
+    assert_eq!(
+        s["data"],
+        json!({"guest": true, "reason": "guest-shutdown"})
+    );
+    assert_eq!(vm.wait_exit(T).code(), Some(0));
+}
+
 /// pvpanic: a guest that writes PANICKED to port 0x505 gets the panic action: by
 /// default GUEST_PANICKED(poweroff) and SHUTDOWN(guest-panic); with set-action panic=pause,
 /// GUEST_PANICKED(pause) and the machine stopped in guest-panicked.

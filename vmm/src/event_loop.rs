@@ -519,6 +519,11 @@ impl EventLoop {
                 VmEvent::GuestPanic(devices::legacy::pvpanic::PanicEvent::Panicked) => {
                     MachineEvent::GuestPanic(None)
                 }
+                VmEvent::GuestPanic(devices::legacy::pvpanic::PanicEvent::Shutdown) => {
+                    // QEMU 9.1: the event, then an ordinary guest poweroff request.
+                    mon.emit("GUEST_PVSHUTDOWN", &monitor::Empty {});
+                    MachineEvent::GuestShutdown
+                }
                 VmEvent::GuestPanic(devices::legacy::pvpanic::PanicEvent::CrashLoaded) => {
                     // A kdump kernel took over: the guest keeps running (QEMU: action run).
                     mon.emit("GUEST_CRASHLOADED", &serde_json::json!({"action": "run"}));

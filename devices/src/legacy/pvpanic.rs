@@ -1,8 +1,9 @@
 //! pvpanic (QEMU's `-device pvpanic`, ACPI id QEMU0001, one port, 0x505 by default, and
 //! `-device pvpanic-pci`, Red Hat 1b36:0011, the same byte at offset 0 of BAR 0): the
 //! guest reads which events the device supports and writes the event that happened.
-//! Linux's pvpanic drivers write PANICKED from the panic notifier and CRASH_LOADED when
-//! a kdump kernel is loaded and takes over.
+//! Linux's pvpanic drivers write PANICKED from the panic notifier, CRASH_LOADED when
+//! a kdump kernel is loaded and takes over, and (since 6.9) SHUTDOWN from a low-priority
+//! power-off handler, reached when no firmware method powered the guest off first.
 
 use std::sync::Arc;
 
@@ -14,12 +15,16 @@ use crate::BusDevice;
 /// Event bits (QEMU's include/hw/misc/pvpanic.h).
 pub const PVPANIC_PANICKED: u8 = 1 << 0;
 pub const PVPANIC_CRASH_LOADED: u8 = 1 << 1;
+/// The guest is powering off (QEMU 9.1, Linux 6.9): GUEST_PVSHUTDOWN.
+pub const PVPANIC_SHUTDOWN: u8 = 1 << 2;
 
 /// What the guest reported.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PanicEvent {
     Panicked,
     CrashLoaded,
+    /// The guest asks to be powered off.
+    Shutdown,
 }
 
 /// The machine's side: turns the report into GUEST_PANICKED / GUEST_CRASHLOADED.
@@ -43,7 +48,7 @@ impl Pvpanic {
 
     pub fn new(sink: Arc<dyn PanicSink>) -> Self {
         Pvpanic {
-            events: PVPANIC_PANICKED | PVPANIC_CRASH_LOADED,
+            events: PVPANIC_PANICKED | PVPANIC_CRASH_LOADED | PVPANIC_SHUTDOWN,
             sink,
         }
     }
@@ -80,11 +85,14 @@ impl Pvpanic {
         if offset != 0 {
             return;
         }
-        // PANICKED wins when both are set, as in QEMU: the guest is going down.
-        if v & self.events & PVPANIC_PANICKED != 0 {
+        // One event per write, PANICKED first, as in QEMU: the guest is going down.
+        let v = v & self.events;
+        if v & PVPANIC_PANICKED != 0 {
             self.sink.guest_panic(PanicEvent::Panicked);
-        } else if v & self.events & PVPANIC_CRASH_LOADED != 0 {
+        } else if v & PVPANIC_CRASH_LOADED != 0 {
             self.sink.guest_panic(PanicEvent::CrashLoaded);
+        } else if v & PVPANIC_SHUTDOWN != 0 {
+            self.sink.guest_panic(PanicEvent::Shutdown);
         }
     }
 }
@@ -162,7 +170,10 @@ mod tests {
         assert_eq!((bars[0].kind, bars[0].size), (BarKind::Memory32, 16));
         let mut b = [0u8; 1];
         d.read_bar(0, 0, &mut b);
-        assert_eq!(b[0], PVPANIC_PANICKED | PVPANIC_CRASH_LOADED);
+        assert_eq!(
+            b[0],
+            PVPANIC_PANICKED | PVPANIC_CRASH_LOADED | PVPANIC_SHUTDOWN
+        );
         d.read_bar(3, 0, &mut b);
         assert_eq!(b[0], 0xff);
         d.write_bar(1, 0, &[PVPANIC_PANICKED]);
@@ -190,20 +201,30 @@ mod tests {
         let mut d = Pvpanic::new(log.clone());
         let mut b = [0u8; 1];
         d.read(0, &mut b);
-        assert_eq!(b[0], PVPANIC_PANICKED | PVPANIC_CRASH_LOADED);
+        assert_eq!(
+            b[0],
+            PVPANIC_PANICKED | PVPANIC_CRASH_LOADED | PVPANIC_SHUTDOWN
+        );
         d.write(0, &[PVPANIC_CRASH_LOADED]);
         d.write(0, &[PVPANIC_PANICKED | PVPANIC_CRASH_LOADED]);
+        d.write(0, &[PVPANIC_SHUTDOWN]);
+        d.write(0, &[PVPANIC_CRASH_LOADED | PVPANIC_SHUTDOWN]);
         d.write(0, &[0]);
         d.write(0, &[0x80]);
         d.write(1, &[PVPANIC_PANICKED]);
         d.write(0, &[]);
         let mut wide = [0xffu8; 4];
         d.read(0, &mut wide);
-        assert_eq!(wide, [3, 0, 0, 0]);
+        assert_eq!(wide, [7, 0, 0, 0]);
         assert_eq!(
             *log.0.lock().unwrap(),
-            [PanicEvent::CrashLoaded, PanicEvent::Panicked]
+            [
+                PanicEvent::CrashLoaded,
+                PanicEvent::Panicked,
+                PanicEvent::Shutdown,
+                PanicEvent::CrashLoaded
+            ]
         );
-        assert_eq!(d.state(), PvpanicState { events: 3 });
+        assert_eq!(d.state(), PvpanicState { events: 7 });
     }
 }
