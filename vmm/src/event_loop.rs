@@ -479,6 +479,15 @@ impl EventLoop {
             ControlEvent::Vm { generation, .. } if generation != machine.generation() => {
                 return None
             }
+            // A panicked guest whose panic action paused it is stopped at the panic in
+            // QEMU, where pvpanic stops the vCPU inside the write. Here the vCPU runs on
+            // until the pause lands and may already have asked for the reboot its kernel
+            // does after a panic (panic=N): the guest would never have got there, so the
+            // request is dropped and the machine stays in guest-panicked for the monitor.
+            ControlEvent::Vm {
+                event: VmEvent::Reset | VmEvent::PowerOff,
+                ..
+            } if mon.runstate() == RunState::GuestPanicked => return None,
             ControlEvent::Vm { event, .. } => match event {
                 VmEvent::Reset => MachineEvent::GuestReset,
                 VmEvent::PowerOff => MachineEvent::GuestShutdown,
