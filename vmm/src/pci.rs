@@ -9,13 +9,13 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 
 use arch::layout;
-use devices::pci::i6300esb::{I6300Esb, WatchdogSink};
+use devices::pci::i6300esb::I6300Esb;
 use devices::pci::{
     BarAllocator, BarKind, BarRemap, BarRemapHandler, MsiMessage, MsiTrigger, PciAddress,
     PciBarRegion, PciBus, PciConfigIo, PciConfigMmio, SharedPciDevice,
 };
-use devices::virtio::balloon::{system_wall_clock, BalloonConfig, BalloonEvents, VirtioBalloon};
-use devices::virtio::block::{BlockErrorHandler, BlockIoError, VirtioBlock, VirtioBlockConfig};
+use devices::virtio::balloon::{system_wall_clock, BalloonConfig, VirtioBalloon};
+use devices::virtio::block::{VirtioBlock, VirtioBlockConfig};
 use devices::virtio::console::{ConsoleConfig, ConsoleEvents, PortConfig, VirtioConsole};
 use devices::virtio::net::{NetConfig, NetEvents, VirtioNet};
 use devices::virtio::pci::VirtioPciDevice;
@@ -240,20 +240,6 @@ pub struct PciDevices {
     _io: crate::io_thread::IoThread,
 }
 
-struct BlockErrors {
-    tx: ControlSender,
-    generation: u64,
-}
-
-impl BlockErrorHandler for BlockErrors {
-    fn io_error(&self, e: &BlockIoError) {
-        let _ = self.tx.send(ControlEvent::Vm {
-            generation: self.generation,
-            event: VmEvent::BlockIoError(e.clone()),
-        });
-    }
-}
-
 struct NetNotify {
     tx: ControlSender,
     generation: u64,
@@ -290,6 +276,16 @@ impl ConsoleEvents for PortNotify {
                     open,
                 },
             });
+        }
+    }
+}
+
+impl PciContext<'_> {
+    /// Device reports of this boot, for the event loop.
+    fn boot_events(&self) -> crate::vm::BootEvents {
+        crate::vm::BootEvents {
+            tx: self.events.clone(),
+            generation: self.generation,
         }
     }
 }
@@ -529,10 +525,7 @@ impl Builder<'_> {
         bc.werror = policy(d.werror);
         bc.rerror = policy(d.rerror);
         let mut blk = VirtioBlock::new(image, bc).map_err(err)?;
-        blk.set_error_handler(Arc::new(BlockErrors {
-            tx: self.ctx.events.clone(),
-            generation: self.ctx.generation,
-        }));
+        blk.set_error_handler(Arc::new(self.ctx.boot_events()));
         let model = Arc::new(Mutex::new(blk));
         self.place(Box::new(Shared(model.clone())), addr, &qdev_id)?;
         self.attached.push(Attached::Block {
@@ -697,10 +690,7 @@ pub fn build(
             // ISA devices belong to the machine (vm.rs), not the PCI bus.
             DeviceSpec::Pvpanic { .. } => {}
             DeviceSpec::PvpanicPci { id, addr } => {
-                let sink = Arc::new(crate::vm::PanicToMachine {
-                    events: b.ctx.events.clone(),
-                    generation: b.ctx.generation,
-                });
+                let sink = Arc::new(b.ctx.boot_events());
                 let dev = devices::legacy::pvpanic::PvpanicPci::new(sink).map_err(err)?;
                 b.place_plain(
                     Arc::new(Mutex::new(dev)),
@@ -710,10 +700,7 @@ pub fn build(
             }
             DeviceSpec::I6300esb { id, addr } => {
                 let (timer, tid) = b.ctx.timers.timer().map_err(err)?;
-                let sink = Arc::new(WatchdogToMachine {
-                    tx: b.ctx.events.clone(),
-                    generation: b.ctx.generation,
-                });
+                let sink = Arc::new(b.ctx.boot_events());
                 let mut dev = I6300Esb::new(b.ctx.timers.clock(), timer, sink).map_err(err)?;
                 if b.ctx.watchdog_timed_out {
                     dev.set_timed_out();
@@ -733,10 +720,7 @@ pub fn build(
                 free_page_reporting,
             } => {
                 let (timer, tid) = b.ctx.timers.timer().map_err(err)?;
-                let events = Arc::new(BalloonNotify {
-                    tx: b.ctx.events.clone(),
-                    generation: b.ctx.generation,
-                });
+                let events = Arc::new(b.ctx.boot_events());
                 let model = Arc::new(Mutex::new(VirtioBalloon::new(
                     BalloonConfig {
                         deflate_on_oom: *deflate_on_oom,
@@ -768,36 +752,6 @@ pub fn build(
         watchdog: b.watchdog,
         _io: io,
     }))
-}
-
-/// The balloon driver's new size goes to the event loop (BALLOON_CHANGE).
-struct BalloonNotify {
-    tx: ControlSender,
-    generation: u64,
-}
-
-impl BalloonEvents for BalloonNotify {
-    fn actual_changed(&self, actual_pages: u32) {
-        let _ = self.tx.send(ControlEvent::Vm {
-            generation: self.generation,
-            event: VmEvent::BalloonChange { actual_pages },
-        });
-    }
-}
-
-/// An expired watchdog goes to the event loop, which emits WATCHDOG and runs the action.
-struct WatchdogToMachine {
-    tx: ControlSender,
-    generation: u64,
-}
-
-impl WatchdogSink for WatchdogToMachine {
-    fn expired(&self) {
-        let _ = self.tx.send(ControlEvent::Vm {
-            generation: self.generation,
-            event: VmEvent::WatchdogExpired,
-        });
-    }
 }
 
 /// Takes QEMU's image locks for every disk, for the life of the machine (a reset

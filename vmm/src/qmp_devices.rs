@@ -8,14 +8,14 @@ use monitor::{CommandContext, Empty, ErrorClass, QmpError, Registry};
 use crate::machine::Machine;
 use crate::pci::Attached;
 
-fn machine<'a>(ctx: &'a mut CommandContext<'_>) -> Result<&'a mut Machine, QmpError> {
+pub(crate) fn machine<'a>(ctx: &'a mut CommandContext<'_>) -> Result<&'a mut Machine, QmpError> {
     ctx.machine
         .as_any_mut()
         .downcast_mut::<Machine>()
         .ok_or_else(|| QmpError::generic("internal error: not Kestrel's machine"))
 }
 
-fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 

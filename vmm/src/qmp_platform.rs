@@ -10,7 +10,7 @@
 //! `/machine`'s `rtc-time`). A path may be given whole or as the device id alone, as
 //! QEMU's partial paths allow.
 
-use monitor::{CommandContext, Empty, ErrorClass, QmpError, Registry};
+use monitor::{Empty, ErrorClass, QmpError, Registry};
 use serde_json::{json, Value};
 
 use crate::cmdline::devices::DeviceSpec;
@@ -20,16 +20,7 @@ use crate::pci::Attached;
 /// Where RTC_CHANGE says the RTC is.
 pub const RTC_QOM_PATH: &str = "/machine/unattached/device[0]";
 
-fn machine<'a>(ctx: &'a mut CommandContext<'_>) -> Result<&'a mut Machine, QmpError> {
-    ctx.machine
-        .as_any_mut()
-        .downcast_mut::<Machine>()
-        .ok_or_else(|| QmpError::generic("internal error: not Kestrel's machine"))
-}
-
-fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::qmp_devices::{lock, machine};
 
 monitor::qmp_struct! {
     /// `BalloonInfo`, also BALLOON_CHANGE's data.

@@ -25,8 +25,11 @@ use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, Gues
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::chardev::Chardev;
-use crate::vcpu::{Vcpu, VcpuContext};
+use crate::vcpu::{Vcpu, VcpuContext, VmEvent};
 use crate::ControlSender;
+use devices::pci::i6300esb::WatchdogSink;
+use devices::virtio::balloon::BalloonEvents;
+use devices::virtio::block::{BlockErrorHandler, BlockIoError};
 
 /// What a boot needs to know, resolved from the command line.
 #[derive(Clone, Debug)]
@@ -211,6 +214,10 @@ impl Vm {
         };
 
         // Devices.
+        let boot_events = BootEvents {
+            tx: events.clone(),
+            generation,
+        };
         let mut timers = crate::timers::Timers::new();
         let pio = Arc::new(Bus::new());
         let mmio = Arc::new(Bus::new());
@@ -248,10 +255,7 @@ impl Vm {
                 guest_clock: timers.clock(),
                 timer: rtc_timer.clone(),
                 irq: irqfd(&vm_fd, layout::RTC_IRQ)?,
-                events: Arc::new(RtcToMachine {
-                    events: events.clone(),
-                    generation,
-                }),
+                events: Arc::new(boot_events.clone()),
                 slew: cfg.rtc.slew,
             })
         };
@@ -275,12 +279,8 @@ impl Vm {
         )?;
 
         if let Some(port) = pvpanic_port {
-            let sink = Arc::new(PanicToMachine {
-                events: events.clone(),
-                generation,
-            });
             add(
-                Arc::new(Mutex::new(Pvpanic::new(sink))),
+                Arc::new(Mutex::new(Pvpanic::new(Arc::new(boot_events.clone())))),
                 port,
                 Pvpanic::WINDOW_LEN,
             )?;
@@ -447,35 +447,57 @@ impl Vm {
     }
 }
 
-/// pvpanic reports go to the event loop, which runs the panic action.
-pub(crate) struct PanicToMachine {
-    pub(crate) events: ControlSender,
+/// What a device of one boot tells the machine: each report becomes a [`VmEvent`] for
+/// the event loop, tagged with the boot it came from (a reset makes older ones stale).
+#[derive(Clone)]
+pub(crate) struct BootEvents {
+    pub(crate) tx: ControlSender,
     pub(crate) generation: u64,
 }
 
-impl PanicSink for PanicToMachine {
-    fn guest_panic(&self, event: PanicEvent) {
-        let _ = self.events.send(crate::ControlEvent::Vm {
+impl BootEvents {
+    pub(crate) fn send(&self, event: VmEvent) {
+        let _ = self.tx.send(crate::ControlEvent::Vm {
             generation: self.generation,
-            event: crate::vcpu::VmEvent::GuestPanic(event),
+            event,
         });
     }
 }
 
-/// The guest set its clock: RTC_CHANGE.
-struct RtcToMachine {
-    events: ControlSender,
-    generation: u64,
+/// pvpanic: GUEST_PANICKED and friends, and the panic action.
+impl PanicSink for BootEvents {
+    fn guest_panic(&self, event: PanicEvent) {
+        self.send(VmEvent::GuestPanic(event));
+    }
 }
 
-impl RtcEvents for RtcToMachine {
+/// The guest set its clock: RTC_CHANGE.
+impl RtcEvents for BootEvents {
     fn time_changed(&self, offset_secs: i64) {
-        let _ = self.events.send(crate::ControlEvent::Vm {
-            generation: self.generation,
-            event: crate::vcpu::VmEvent::RtcChange {
-                offset: offset_secs,
-            },
+        self.send(VmEvent::RtcChange {
+            offset: offset_secs,
         });
+    }
+}
+
+/// The watchdog expired: WATCHDOG and the watchdog action.
+impl WatchdogSink for BootEvents {
+    fn expired(&self) {
+        self.send(VmEvent::WatchdogExpired);
+    }
+}
+
+/// The balloon driver's new size: BALLOON_CHANGE.
+impl BalloonEvents for BootEvents {
+    fn actual_changed(&self, actual_pages: u32) {
+        self.send(VmEvent::BalloonChange { actual_pages });
+    }
+}
+
+/// A disk's host I/O error: BLOCK_IO_ERROR, and with `werror=stop` the io-error stop.
+impl BlockErrorHandler for BootEvents {
+    fn io_error(&self, e: &BlockIoError) {
+        self.send(VmEvent::BlockIoError(e.clone()));
     }
 }
 

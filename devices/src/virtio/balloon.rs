@@ -192,6 +192,16 @@ struct Active {
     queues: Vec<Queue>,
 }
 
+/// Guest memory, the interrupt and queue `index` of an active device.
+fn queue_of(
+    active: &mut Option<Active>,
+    index: usize,
+) -> Option<(&GuestMemoryMmap, &Arc<dyn VirtioInterrupt>, &mut Queue)> {
+    let a = active.as_mut()?;
+    let q = a.queues.get_mut(index)?;
+    Some((&a.mem, &a.interrupt, q))
+}
+
 /// The virtio-balloon device model.
 pub struct VirtioBalloon {
     avail_features: u64,
@@ -324,15 +334,7 @@ impl VirtioBalloon {
         let Some(index) = self.queue_index(QueueRole::Stats) else {
             return Ok(());
         };
-        let Some(Active {
-            mem,
-            interrupt,
-            queues,
-        }) = self.active.as_mut()
-        else {
-            return Ok(());
-        };
-        let Some(q) = queues.get_mut(index) else {
+        let Some((mem, interrupt, q)) = queue_of(&mut self.active, index) else {
             return Ok(());
         };
         let Some(head) = self.held_stats.take() else {
@@ -422,15 +424,7 @@ impl VirtioBalloon {
 
     /// Inflate (`inflate`) or deflate queue: buffers of le32 page numbers.
     fn process_pfns(&mut self, index: usize, inflate: bool) -> Result<(), DeviceError> {
-        let Some(Active {
-            mem,
-            interrupt,
-            queues,
-        }) = self.active.as_mut()
-        else {
-            return Ok(());
-        };
-        let Some(q) = queues.get_mut(index) else {
+        let Some((mem, interrupt, q)) = queue_of(&mut self.active, index) else {
             return Ok(());
         };
         let mut used = false;
@@ -465,15 +459,7 @@ impl VirtioBalloon {
 
     /// New statistics buffers: record their values and hold the last one.
     fn process_stats(&mut self, index: usize) -> Result<(), DeviceError> {
-        let Some(Active {
-            mem,
-            interrupt,
-            queues,
-        }) = self.active.as_mut()
-        else {
-            return Ok(());
-        };
-        let Some(q) = queues.get_mut(index) else {
+        let Some((mem, interrupt, q)) = queue_of(&mut self.active, index) else {
             return Ok(());
         };
         let mut returned = false;
@@ -505,15 +491,7 @@ impl VirtioBalloon {
 
     /// Free page reports: every descriptor is a range of free guest memory.
     fn process_reports(&mut self, index: usize) -> Result<(), DeviceError> {
-        let Some(Active {
-            mem,
-            interrupt,
-            queues,
-        }) = self.active.as_mut()
-        else {
-            return Ok(());
-        };
-        let Some(q) = queues.get_mut(index) else {
+        let Some((mem, interrupt, q)) = queue_of(&mut self.active, index) else {
             return Ok(());
         };
         let mut used = false;
