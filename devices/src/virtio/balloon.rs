@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueT, Reader};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
-use super::queue_util::{pop, queue_err, signal};
+use super::queue_util::{pop, queue_err, read_config_bytes, signal};
 use super::{
     ActivateError, DeviceError, VirtioDevice, VirtioInterrupt, TYPE_BALLOON, VIRTIO_F_VERSION_1,
 };
@@ -680,14 +680,7 @@ impl VirtioDevice for VirtioBalloon {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let c = self.config_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|o| c.get(o).copied())
-                .unwrap_or(0);
-        }
+        read_config_bytes(&self.config_bytes(), offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {

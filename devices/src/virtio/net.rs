@@ -258,7 +258,7 @@ struct Active {
     queues: Vec<Queue>,
 }
 
-use super::queue_util::{pop, queue_err, signal};
+use super::queue_util::{pop, queue_err, read_config_bytes, signal};
 
 /// Outcome of offering one frame to the receive queue.
 enum Delivery {
@@ -824,14 +824,7 @@ impl VirtioDevice for VirtioNet {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let c = self.config_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|o| c.get(o).copied())
-                .unwrap_or(0);
-        }
+        read_config_bytes(&self.config_bytes(), offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
