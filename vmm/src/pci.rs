@@ -332,6 +332,17 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
+    /// The `addr=` asked for, or the first free slot.
+    fn address(
+        &self,
+        want: Option<crate::cmdline::devices::PciAddr>,
+    ) -> Result<PciAddress, PciSetupError> {
+        match want {
+            Some(a) => PciAddress::new(0, a.slot, a.function).map_err(err),
+            None => self.bus.free_slot().ok_or_else(|| err("no free PCI slot")),
+        }
+    }
+
     /// Puts a virtio model on the bus: transport, MSI-X vectors, INTx line, BARs,
     /// doorbell eventfds.
     fn place(
@@ -340,13 +351,7 @@ impl Builder<'_> {
         want: Option<crate::cmdline::devices::PciAddr>,
         qdev_id: &str,
     ) -> Result<PciAddress, PciSetupError> {
-        let addr = match want {
-            Some(a) => PciAddress::new(0, a.slot, a.function).map_err(err)?,
-            None => self
-                .bus
-                .free_slot()
-                .ok_or_else(|| err("no free PCI slot"))?,
-        };
+        let addr = self.address(want)?;
         let queues = model.queue_max_sizes().len();
         let vectors = (0..=queues)
             .map(|_| self.routing.allocate())
@@ -407,13 +412,7 @@ impl Builder<'_> {
         want: Option<crate::cmdline::devices::PciAddr>,
         qdev_id: &str,
     ) -> Result<PciAddress, PciSetupError> {
-        let addr = match want {
-            Some(a) => PciAddress::new(0, a.slot, a.function).map_err(err)?,
-            None => self
-                .bus
-                .free_slot()
-                .ok_or_else(|| err("no free PCI slot"))?,
-        };
+        let addr = self.address(want)?;
         self.bars.assign(&mut *lock(&dev)).map_err(err)?;
         self.bus
             .add_device(addr, dev, qdev_id.to_string())
