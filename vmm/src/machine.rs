@@ -35,9 +35,9 @@ pub struct Machine {
     open_ports: std::collections::HashSet<String>,
     /// The disks' image locks, held for the machine's life (see `pci::lock_drives`).
     _image_locks: Vec<std::fs::File>,
-    /// The RTC's clock (`-rtc`), and for `clock=vm` the stopwatch that runs with the vCPUs.
+    /// The RTC's clock (`-rtc`), and for `clock=vm` the guest clock that runs with the vCPUs.
     rtc_clock: Arc<dyn devices::legacy::rtc::Clock>,
-    rtc_watch: Option<Arc<crate::rtc_clock::GuestStopwatch>>,
+    rtc_watch: Option<Arc<crate::timers::VmClock>>,
     generation: u64,
     running: bool,
     exit: Option<i32>,

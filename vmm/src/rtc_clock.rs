@@ -12,10 +12,13 @@
 //! `base=utc` starts at the host's UTC time, `base=localtime` at its local time (the
 //! guest is told local time as if it were UTC, as Windows expects), `base=DATE` at DATE.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use devices::legacy::rtc::{Clock, SystemClock};
+use devices::timer::GuestClock;
+
+use crate::timers::VmClock;
 
 use crate::cmdline::{RtcBase, RtcClock, RtcOpts};
 
@@ -35,33 +38,6 @@ fn local_utc_offset_secs() -> i64 {
     }
 }
 
-/// A run/stop stopwatch for `clock=vm`: elapsed running time across boots.
-#[derive(Default)]
-pub struct GuestStopwatch {
-    state: Mutex<(Duration, Option<Instant>)>,
-}
-
-impl GuestStopwatch {
-    pub fn run(&self) {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if s.1.is_none() {
-            s.1 = Some(Instant::now());
-        }
-    }
-
-    pub fn stop(&self) {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(at) = s.1.take() {
-            s.0 += at.elapsed();
-        }
-    }
-
-    fn elapsed(&self) -> Duration {
-        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        s.0 + s.1.map(|at| at.elapsed()).unwrap_or_default()
-    }
-}
-
 /// The RTC's clock: a source of elapsed time plus a fixed start.
 pub struct RtcWallClock {
     /// Added to the source (nanoseconds).
@@ -72,7 +48,7 @@ pub struct RtcWallClock {
 enum Source {
     Host,
     Monotonic(Instant),
-    Guest(Arc<GuestStopwatch>),
+    Guest(Arc<VmClock>),
 }
 
 impl Clock for RtcWallClock {
@@ -80,15 +56,15 @@ impl Clock for RtcWallClock {
         let t = match &self.source {
             Source::Host => SystemClock.now_unix_nanos(),
             Source::Monotonic(start) => start.elapsed().as_nanos() as i128,
-            Source::Guest(w) => w.elapsed().as_nanos() as i128,
+            Source::Guest(w) => i128::from(w.now_ns()),
         };
         t.saturating_add(self.shift)
     }
 }
 
-/// The clock for `opts`, and for `clock=vm` the stopwatch the machine runs and stops
-/// with the vCPUs.
-pub fn rtc_clock(opts: &RtcOpts) -> (Arc<dyn Clock>, Option<Arc<GuestStopwatch>>) {
+/// The clock for `opts`, and for `clock=vm` the guest clock (a machine-wide one, as the
+/// RTC outlives boots) that the machine runs and stops with the vCPUs.
+pub fn rtc_clock(opts: &RtcOpts) -> (Arc<dyn Clock>, Option<Arc<VmClock>>) {
     let host_now = SystemClock.now_unix_nanos();
     let start = match opts.base {
         RtcBase::Utc => host_now,
@@ -99,7 +75,7 @@ pub fn rtc_clock(opts: &RtcOpts) -> (Arc<dyn Clock>, Option<Arc<GuestStopwatch>>
         RtcClock::Host => (Source::Host, None),
         RtcClock::Rt => (Source::Monotonic(Instant::now()), None),
         RtcClock::Vm => {
-            let w = Arc::new(GuestStopwatch::default());
+            let w = Arc::new(VmClock::new());
             (Source::Guest(w.clone()), Some(w))
         }
     };
@@ -113,6 +89,7 @@ pub fn rtc_clock(opts: &RtcOpts) -> (Arc<dyn Clock>, Option<Arc<GuestStopwatch>>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn secs(c: &Arc<dyn Clock>) -> i64 {
         (c.now_unix_nanos() / NANOS) as i64

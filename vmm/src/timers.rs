@@ -58,14 +58,14 @@ impl VmClock {
         lock(&self.state).stopped_at.is_none()
     }
 
-    fn stop(&self) {
+    pub fn stop(&self) {
         let mut s = lock(&self.state);
         if s.stopped_at.is_none() {
             s.stopped_at = Some(Instant::now());
         }
     }
 
-    fn run(&self) {
+    pub fn run(&self) {
         let mut s = lock(&self.state);
         if let Some(at) = s.stopped_at.take() {
             s.stopped_total += at.elapsed();
