@@ -449,7 +449,9 @@ fn qemu_img(path: &Path, rw: Rw, count: u64) -> Sample {
     if rw == Rw::Write {
         c.arg("-w");
     }
-    let out = c.arg(path).output().unwrap();
+    let out = c.arg(path).output().unwrap_or_else(|e| {
+        panic!("cannot run qemu-img ({e}): install Debian's qemu-utils, or make deps")
+    });
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -41,7 +41,7 @@ fn spawn(vmm: Vmm, sock: &std::path::Path, kernel: &std::path::Path) -> Child {
             c
         }
         Vmm::Qemu => {
-            let mut c = Command::new("qemu-system-x86_64");
+            let mut c = common::tool("qemu-system-x86_64");
             c.args([
                 "-accel",
                 "kvm",

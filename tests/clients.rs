@@ -79,7 +79,11 @@ fn tests_dir() -> PathBuf {
 #[ignore = "needs the qemu.qmp venv from `make deps`: run by `make test`"]
 fn python_qemu_qmp_client() {
     let py = python();
-    assert!(py.exists(), "{} missing: run `make deps`", py.display());
+    assert!(
+        py.exists(),
+        "{} missing: `make deps` makes this venv with PyPI's qemu.qmp",
+        py.display()
+    );
     let (mut vm, sock) = start("pyqmp");
     let out = std::process::Command::new(&py)
         .arg(tests_dir().join("python/qmp_client.py"))
@@ -111,7 +115,7 @@ fn qmp_shell_scripted() {
     let shell = python().with_file_name("qmp-shell");
     assert!(
         shell.exists(),
-        "{} missing: run `make deps`",
+        "{} missing: `make deps` installs it with PyPI's qemu.qmp",
         shell.display()
     );
     let (mut vm, sock) = start("qmpshell");

@@ -79,7 +79,6 @@ fn sigterm_ends_with_status_0() {
 #[test]
 #[ignore = "needs qemu-img and QEMU (make deps): run by `make test`"]
 fn a_disk_in_use_is_locked_against_qemu_img_qemu_and_a_second_kestrel() {
-    use std::process::Command;
     let img = common::temp_path("locked.img");
     std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
     let img_s = img.to_str().unwrap();
@@ -91,7 +90,7 @@ fn a_disk_in_use_is_locked_against_qemu_img_qemu_and_a_second_kestrel() {
 
     let copy = common::temp_path("locked-copy.img");
     let convert = |force: bool| {
-        let mut c = Command::new("qemu-img");
+        let mut c = common::tool("qemu-img");
         c.arg("convert");
         if force {
             c.arg("-U");
@@ -109,7 +108,7 @@ fn a_disk_in_use_is_locked_against_qemu_img_qemu_and_a_second_kestrel() {
         "{err}"
     );
     assert!(convert(true).status.success(), "-U shares the image");
-    let out = Command::new("qemu-img")
+    let out = common::tool("qemu-img")
         .args(["resize", "-f", "raw", img_s, "2M"])
         .output()
         .unwrap();
@@ -133,7 +132,7 @@ fn a_disk_in_use_is_locked_against_qemu_img_qemu_and_a_second_kestrel() {
         "{err}"
     );
 
-    let q = Command::new("qemu-system-x86_64")
+    let q = common::tool("qemu-system-x86_64")
         .args([
             "-accel",
             "kvm",

@@ -9,7 +9,6 @@ mod common;
 use common::{guest, temp_path, Qmp, Vm, BOOT_TIMEOUT};
 use serde_json::{json, Value};
 use std::path::Path;
-use std::process::Command;
 
 fn image(path: &Path, size: u64, at: u64, pattern: &[u8]) {
     let f = std::fs::File::create(path).unwrap();
@@ -148,7 +147,7 @@ fn virtio_blk_reads_writes_flushes_and_reports() {
 }
 
 fn sh(cmd: &str) -> bool {
-    Command::new("sh")
+    common::tool("sh")
         .args(["-c", cmd])
         .status()
         .map(|s| s.success())

@@ -14,6 +14,45 @@ pub fn kestrel() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_kestrel"))
 }
 
+/// The external programs the suite runs and the Debian package of each
+/// (resources/setup-test-deps.sh installs them all; `make deps`).
+const TOOLS: &[(&str, &str)] = &[
+    ("qemu-img", "qemu-utils"),
+    ("qemu-nbd", "qemu-utils"),
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("iasl", "acpica-tools"),
+    ("ip", "iproute2"),
+    ("ping", "iputils-ping"),
+    ("mkfs.ext4", "e2fsprogs"),
+    ("busybox", "busybox-static"),
+    ("cpio", "cpio"),
+    ("socat", "socat"),
+    ("strace", "strace"),
+    ("fio", "fio"),
+    ("sh", "dash"),
+];
+
+/// A `Command` for the external program `name`, after checking that it is on PATH:
+/// a missing tool fails the test with its name and package, not with a spawn error.
+pub fn tool(name: &str) -> Command {
+    let found = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|d| {
+            std::fs::metadata(d.join(name)).is_ok_and(|m| {
+                use std::os::unix::fs::PermissionsExt;
+                m.is_file() && m.permissions().mode() & 0o111 != 0
+            })
+        })
+    });
+    if !found {
+        let pkg = TOOLS
+            .iter()
+            .find(|(t, _)| *t == name)
+            .map_or("the package that has it", |(_, p)| p);
+        panic!("`{name}` is not on PATH: install Debian's {pkg} (`make deps` installs everything the suite needs)");
+    }
+    Command::new(name)
+}
+
 /// Where `make guest` left the guest (KESTREL_GUEST_DIR overrides).
 pub fn guest_dir() -> PathBuf {
     if let Ok(d) = std::env::var("KESTREL_GUEST_DIR") {
@@ -371,7 +410,7 @@ impl Qmp {
 impl Vm {
     /// Starts kestrel with `args` inside network namespace `ns` (`ip netns exec`).
     pub fn start_in_netns(ns: &str, args: &[&str]) -> Vm {
-        let mut child = Command::new("ip")
+        let mut child = tool("ip")
             .args(["netns", "exec", ns])
             .arg(kestrel())
             .args(args)
