@@ -24,7 +24,7 @@ use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use crate::chardev::Backend;
 use crate::machine::Machine;
-use crate::vcpu::VmEvent;
+use crate::vm_events::VmEvent;
 use crate::ControlEvent;
 
 /// The most file descriptors accepted with one message (as QEMU: 253 would be the

@@ -2,14 +2,13 @@
 //! (named descriptors) and `add-fd`/`remove-fd`/`query-fdsets` (numbered fd sets), as
 //! QEMU keeps them. The event loop offers the descriptors that arrived with a message
 //! before the monitor runs its commands; whatever no command claims stays with that
-//! connection for the next message.
+//! connection for the next message. The QMP commands that reach this store through
+//! the machine are registered by `qmp_commands`, above both.
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use monitor::{CommandContext, Empty, QmpError, Registry};
-
-use crate::machine::Machine;
+use monitor::QmpError;
 
 #[derive(Default)]
 pub struct FdStore {
@@ -177,33 +176,6 @@ monitor::qmp_struct! {
         pub fdset_id: i64 = "fdset-id",
         pub fds: Vec<FdsetFdInfo> = "fds",
     }
-}
-
-fn store<'a>(ctx: &'a mut CommandContext<'_>) -> Result<&'a mut FdStore, QmpError> {
-    ctx.machine
-        .as_any_mut()
-        .downcast_mut::<Machine>()
-        .map(|m| m.fds())
-        .ok_or_else(|| QmpError::generic("internal error: not Kestrel's machine"))
-}
-
-/// Registers the fd-passing commands.
-pub fn register(r: &mut Registry) -> Result<(), monitor::Error> {
-    r.register("getfd", |ctx, a: FdNameArgs| {
-        store(ctx)?.getfd(&a.fdname).map(|_| Empty {})
-    })?;
-    r.register("closefd", |ctx, a: FdNameArgs| {
-        store(ctx)?.closefd(&a.fdname).map(|_| Empty {})
-    })?;
-    r.register("add-fd", |ctx, a: AddFdArgs| {
-        let (fdset_id, fd) = store(ctx)?.add_fd(a.fdset_id, a.opaque)?;
-        Ok(AddfdInfo { fdset_id, fd })
-    })?;
-    r.register("remove-fd", |ctx, a: RemoveFdArgs| {
-        store(ctx)?.remove_fd(a.fdset_id, a.fd).map(|_| Empty {})
-    })?;
-    r.register("query-fdsets", |ctx, _: Empty| Ok(store(ctx)?.fdsets()))?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ mod rtc_clock;
 mod timers;
 mod vcpu;
 mod vm;
+mod vm_events;
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -35,7 +36,7 @@ pub enum ControlEvent {
     /// Something the guest did, tagged with the boot it came from.
     Vm {
         generation: u64,
-        event: vcpu::VmEvent,
+        event: vm_events::VmEvent,
     },
     /// Ctrl-A x on the console.
     Quit,

@@ -30,7 +30,7 @@ use crate::chardev::Chardev;
 use crate::cmdline::devices::{DeviceSpec, DriveSpec, NetdevSpec};
 use crate::io_thread::{IoDevice, QueueKick, SharedIoDevice, StaticFd};
 use crate::irq::{MsiVector, Routing};
-use crate::vcpu::VmEvent;
+use crate::vm_events::VmEvent;
 use crate::{ControlEvent, ControlSender};
 
 /// A model shared between its transport and the machine: the transport drives it as a
@@ -282,8 +282,8 @@ impl ConsoleEvents for PortNotify {
 
 impl PciContext<'_> {
     /// Device reports of this boot, for the event loop.
-    fn boot_events(&self) -> crate::vm::BootEvents {
-        crate::vm::BootEvents {
+    fn boot_events(&self) -> crate::vm_events::BootEvents {
+        crate::vm_events::BootEvents {
             tx: self.events.clone(),
             generation: self.generation,
         }

@@ -1,9 +1,11 @@
 //! QMP commands that belong to the vmm rather than the protocol crate: they need the
 //! command line's option table or host resources (see also `fdpass`).
 
-use monitor::{QmpError, Registry};
+use monitor::{CommandContext, Empty, QmpError, Registry};
 
 use crate::cmdline::OPTION_PARAMETERS;
+use crate::fdpass::{AddFdArgs, AddfdInfo, FdNameArgs, FdStore, RemoveFdArgs};
+use crate::machine::Machine;
 
 monitor::qmp_struct! {
     /// Arguments of `query-command-line-options`.
@@ -67,9 +69,36 @@ fn option_infos(only: Option<&str>) -> Result<Vec<CommandLineOptionInfo>, QmpErr
     }
 }
 
+fn store<'a>(ctx: &'a mut CommandContext<'_>) -> Result<&'a mut FdStore, QmpError> {
+    ctx.machine
+        .as_any_mut()
+        .downcast_mut::<Machine>()
+        .map(|m| m.fds())
+        .ok_or_else(|| QmpError::generic("internal error: not Kestrel's machine"))
+}
+
+/// Registers the fd-passing commands.
+fn register_fdpass(r: &mut Registry) -> Result<(), monitor::Error> {
+    r.register("getfd", |ctx, a: FdNameArgs| {
+        store(ctx)?.getfd(&a.fdname).map(|_| Empty {})
+    })?;
+    r.register("closefd", |ctx, a: FdNameArgs| {
+        store(ctx)?.closefd(&a.fdname).map(|_| Empty {})
+    })?;
+    r.register("add-fd", |ctx, a: AddFdArgs| {
+        let (fdset_id, fd) = store(ctx)?.add_fd(a.fdset_id, a.opaque)?;
+        Ok(AddfdInfo { fdset_id, fd })
+    })?;
+    r.register("remove-fd", |ctx, a: RemoveFdArgs| {
+        store(ctx)?.remove_fd(a.fdset_id, a.fd).map(|_| Empty {})
+    })?;
+    r.register("query-fdsets", |ctx, _: Empty| Ok(store(ctx)?.fdsets()))?;
+    Ok(())
+}
+
 /// Registers the vmm's own commands.
 pub fn register(r: &mut Registry) -> Result<(), monitor::Error> {
-    crate::fdpass::register(r)?;
+    register_fdpass(r)?;
     r.register("query-command-line-options", |_, a: CmdlineOptionsArgs| {
         option_infos(a.option.as_deref())
     })?;

@@ -17,6 +17,7 @@ use kvm_bindings::kvm_run;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
+use crate::vm_events::VmEvent;
 use crate::{ControlEvent, ControlSender};
 
 /// What the machine wants a vCPU thread to do next.
@@ -360,32 +361,6 @@ fn trace_first_run(index: u8) {
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     let ns = ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128;
     eprintln!("kestrel-startup: first-kvm-run monotonic-ns={ns}");
-}
-
-/// What the guest did that the machine must act on.
-#[derive(Clone, Debug)]
-pub enum VmEvent {
-    /// The guest reset the machine (i8042, ACPI reset register, triple fault).
-    Reset,
-    /// The guest powered the machine off (ACPI S5).
-    PowerOff,
-    /// The vCPU cannot go on (KVM internal error, failed entry).
-    Fatal(String),
-    /// A block device hit a host I/O error (BLOCK_IO_ERROR; with action stop the
-    /// machine goes to io-error).
-    BlockIoError(devices::virtio::block::BlockIoError),
-    /// A NIC's receive filter changed (NIC_RX_FILTER_CHANGED).
-    NicRxFilterChanged { name: String, path: String },
-    /// The guest reported a panic or a loaded crash kernel through pvpanic.
-    GuestPanic(devices::legacy::pvpanic::PanicEvent),
-    /// The guest opened or closed a virtio-serial port (VSERPORT_CHANGE).
-    VserportChange { id: String, open: bool },
-    /// The watchdog expired: WATCHDOG, then the watchdog action.
-    WatchdogExpired,
-    /// The balloon driver reported a new balloon size, in 4 KiB pages (BALLOON_CHANGE).
-    BalloonChange { actual_pages: u32 },
-    /// The guest set its RTC; `offset` is guest minus base time in seconds (RTC_CHANGE).
-    RtcChange { offset: i64 },
 }
 
 enum Outcome {

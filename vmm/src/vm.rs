@@ -13,8 +13,8 @@ use arch::regs::{self, BootProtocol};
 use devices::legacy::acpi_ged::{AcpiGed, ACPI_GED_EVENT_POWER_BUTTON};
 use devices::legacy::acpi_pm::AcpiPmDevice;
 use devices::legacy::i8042::I8042Device;
-use devices::legacy::pvpanic::{PanicEvent, PanicSink, Pvpanic};
-use devices::legacy::rtc::{CmosRtc, RtcConfig, RtcEvents};
+use devices::legacy::pvpanic::Pvpanic;
+use devices::legacy::rtc::{CmosRtc, RtcConfig};
 use devices::legacy::serial::SerialDevice;
 use devices::{Bus, ExitRequests, Interrupt, SharedDevice};
 use kvm_bindings::{
@@ -25,11 +25,9 @@ use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, Gues
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::chardev::Chardev;
-use crate::vcpu::{Vcpu, VcpuContext, VmEvent};
+use crate::vcpu::{Vcpu, VcpuContext};
+use crate::vm_events::BootEvents;
 use crate::ControlSender;
-use devices::pci::i6300esb::WatchdogSink;
-use devices::virtio::balloon::BalloonEvents;
-use devices::virtio::block::{BlockErrorHandler, BlockIoError};
 
 /// What a boot needs to know, resolved from the command line.
 #[derive(Clone, Debug)]
@@ -444,60 +442,6 @@ impl Vm {
             .iter()
             .map(|v| (v.index(), v.thread_id()))
             .collect()
-    }
-}
-
-/// What a device of one boot tells the machine: each report becomes a [`VmEvent`] for
-/// the event loop, tagged with the boot it came from (a reset makes older ones stale).
-#[derive(Clone)]
-pub(crate) struct BootEvents {
-    pub(crate) tx: ControlSender,
-    pub(crate) generation: u64,
-}
-
-impl BootEvents {
-    pub(crate) fn send(&self, event: VmEvent) {
-        let _ = self.tx.send(crate::ControlEvent::Vm {
-            generation: self.generation,
-            event,
-        });
-    }
-}
-
-/// pvpanic: GUEST_PANICKED and friends, and the panic action.
-impl PanicSink for BootEvents {
-    fn guest_panic(&self, event: PanicEvent) {
-        self.send(VmEvent::GuestPanic(event));
-    }
-}
-
-/// The guest set its clock: RTC_CHANGE.
-impl RtcEvents for BootEvents {
-    fn time_changed(&self, offset_secs: i64) {
-        self.send(VmEvent::RtcChange {
-            offset: offset_secs,
-        });
-    }
-}
-
-/// The watchdog expired: WATCHDOG and the watchdog action.
-impl WatchdogSink for BootEvents {
-    fn expired(&self) {
-        self.send(VmEvent::WatchdogExpired);
-    }
-}
-
-/// The balloon driver's new size: BALLOON_CHANGE.
-impl BalloonEvents for BootEvents {
-    fn actual_changed(&self, actual_pages: u32) {
-        self.send(VmEvent::BalloonChange { actual_pages });
-    }
-}
-
-/// A disk's host I/O error: BLOCK_IO_ERROR, and with `werror=stop` the io-error stop.
-impl BlockErrorHandler for BootEvents {
-    fn io_error(&self, e: &BlockIoError) {
-        self.send(VmEvent::BlockIoError(e.clone()));
     }
 }
 
