@@ -2,6 +2,7 @@
 
 mod chardev;
 mod cmdline;
+mod control;
 mod event_loop;
 mod fdpass;
 mod io_thread;
@@ -11,6 +12,7 @@ mod pci;
 mod qmp_commands;
 mod qmp_devices;
 mod qmp_platform;
+mod qmp_transport;
 mod rtc_clock;
 mod timers;
 mod vcpu;
@@ -40,8 +42,6 @@ pub enum ControlEvent {
     },
     /// Ctrl-A x on the console.
     Quit,
-    /// SIGTERM, SIGINT or SIGHUP.
-    Signal(i32),
 }
 
 /// Sends a `ControlEvent` and wakes the event loop's epoll.
@@ -134,7 +134,6 @@ fn run(args: Vec<String>) -> Result<i32, String> {
         wake: wake.clone(),
     };
     let signals = block_control_signals();
-    spawn_signal_thread(signals, tx.clone())?;
     vcpu::install_kick_handler()?;
 
     let quit_tx = tx.clone();
@@ -172,7 +171,7 @@ fn run(args: Vec<String>) -> Result<i32, String> {
     // Monitor endpoints first: a `wait=on` one holds startup until its client connects.
     let mut endpoints = Vec::new();
     for m in &cfg.monitors {
-        match event_loop::open_endpoint(&m.backend, m.pretty) {
+        match qmp_transport::open_endpoint(&m.backend, m.pretty) {
             Ok(ep) => endpoints.push(ep),
             Err(e) => return fail(daemon, e),
         }
@@ -196,31 +195,32 @@ fn run(args: Vec<String>) -> Result<i32, String> {
         name: cfg.name.clone(),
         uuid: cfg.uuid,
     };
-    let mut machine = match Machine::new(vm_cfg, identity, serials, device_chardevs, tx) {
+    let machine = match Machine::new(vm_cfg, identity, serials, device_chardevs, tx) {
         Ok(m) => m,
         Err(e) => {
             drop(raw_term);
             return fail(daemon, e.to_string());
         }
     };
-    let mut ev = match event_loop::EventLoop::new(wake) {
+    let mut ev = match event_loop::EventLoop::new(machine, mon, wake, rx, &signals) {
         Ok(ev) => ev,
         Err(e) => return fail(daemon, format!("event loop: {e}")),
     };
+    // Sessions first, so a client that held startup (wait=on) sees the start's events.
     for ep in endpoints {
-        if let Err(e) = ev.add_endpoint(ep, &mut mon) {
+        if let Err(e) = ev.add_endpoint(ep) {
             return fail(daemon, format!("monitor: {e}"));
         }
     }
     if !cfg.start_paused {
-        if let Err(e) = mon.handle(MachineEvent::Start, &mut machine) {
+        if let Err(e) = ev.with_machine(|machine, mon| mon.handle(MachineEvent::Start, machine)) {
             return fail(daemon, format!("cannot start the machine: {e}"));
         }
     }
     if let Some(d) = daemon {
         d.ready();
     }
-    let code = ev.run(&mut machine, &mut mon, &rx);
+    let code = ev.run();
     drop(raw_term);
     Ok(code)
 }
@@ -384,23 +384,6 @@ fn block_control_signals() -> libc::sigset_t {
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }
-}
-
-fn spawn_signal_thread(set: libc::sigset_t, tx: ControlSender) -> Result<(), String> {
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || loop {
-            let mut sig: libc::c_int = 0;
-            // SAFETY: `set` is a valid signal set blocked in all threads.
-            if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
-                continue;
-            }
-            if tx.send(ControlEvent::Signal(sig)).is_err() {
-                return;
-            }
-        })
-        .map(|_| ())
-        .map_err(|e| format!("cannot start the signal thread: {e}"))
 }
 
 /// The console terminal in raw mode (as QEMU's -nographic sets it), restored on drop.
