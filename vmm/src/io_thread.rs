@@ -1,6 +1,7 @@
-//! The I/O thread of one boot: an epoll loop over the virtio queue notifications
-//! (KVM ioeventfds, so a queue kick never reaches a vCPU thread or the VMM's exit path)
-//! and the devices' own host fds (io_uring completions, a tap turning readable). It is
+//! The I/O thread of one boot: an `event-manager` loop with one subscriber per virtio
+//! device, over its queue notifications (KVM ioeventfds, so a queue kick never reaches
+//! a vCPU thread or the VMM's exit path) and its own host fds (io_uring completions, a
+//! tap turning readable), plus one for the stop eventfd. It is
 //! owned by the `Vm`: a reset drops the Vm, which stops and joins this thread, so no
 //! device of an old boot is ever driven again.
 //!
@@ -8,12 +9,13 @@
 //! delays a QMP reply and a busy monitor never delays I/O. A device is locked only for
 //! one `process_*` call; vCPUs take the same lock for register accesses.
 
-use std::collections::HashMap;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 /// What the I/O thread needs of a device.
@@ -42,12 +44,6 @@ pub struct StaticFd {
     pub device: usize,
     pub token: u32,
     pub owner: Option<EventFd>,
-}
-
-enum Source {
-    Kick { device: usize, queue: usize },
-    DeviceFd { device: usize, token: u32 },
-    Stop,
 }
 
 pub struct IoThread {
@@ -87,107 +83,138 @@ impl Drop for IoThread {
     }
 }
 
+/// Tokens of a device subscriber's events: queue kicks, static fds, the device's own fds.
+const KICK: u32 = 0;
+const STATIC: u32 = 1 << 30;
+const OWN: u32 = 2 << 30;
+const TOKEN_MASK: u32 = (1 << 30) - 1;
+
+/// One virtio device: its queue notifiers, its static fds and, once the driver has
+/// activated it, the device's own host fds.
+struct DeviceSubscriber {
+    device: SharedIoDevice,
+    /// The ioeventfd of each kicked queue.
+    kicks: Vec<(EventFd, usize)>,
+    statics: Vec<StaticFd>,
+    own_fds_added: bool,
+}
+
+impl DeviceSubscriber {
+    /// A device's own fds become valid when the driver activates it; they are picked up
+    /// at its first queue kick (a driver always kicks after DRIVER_OK, rx queues
+    /// included). They are edge-triggered: a device drains what it can and keeps the
+    /// rest (a tap frame with no rx buffer to go to) until its queue is kicked again,
+    /// which a level-triggered registration would turn into a busy loop.
+    fn add_own_fds(&mut self, ops: &mut EventOps) {
+        if self.own_fds_added {
+            return;
+        }
+        let fds = lock(&self.device).event_fds();
+        if fds.is_empty() {
+            return;
+        }
+        self.own_fds_added = true;
+        for (fd, token) in fds {
+            let set = EventSet::IN | EventSet::EDGE_TRIGGERED;
+            let _ = ops.add(Events::with_data_raw(fd, OWN | (token & TOKEN_MASK), set));
+        }
+    }
+}
+
+impl MutEventSubscriber for DeviceSubscriber {
+    fn init(&mut self, ops: &mut EventOps) {
+        for (i, (k, _)) in self.kicks.iter().enumerate() {
+            let _ = ops.add(Events::with_data(k, KICK | i as u32, EventSet::IN));
+        }
+        for (i, s) in self.statics.iter().enumerate() {
+            let _ = ops.add(Events::with_data_raw(s.fd, STATIC | i as u32, EventSet::IN));
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let data = events.data();
+        let index = (data & TOKEN_MASK) as usize;
+        match data & !TOKEN_MASK {
+            KICK => {
+                let Some((k, queue)) = self.kicks.get(index) else {
+                    return;
+                };
+                let _ = k.read();
+                lock(&self.device).process_queue(*queue);
+                self.add_own_fds(ops);
+            }
+            STATIC => {
+                // A static eventfd (INTx resample) is cleared here; the device's own fds
+                // are drained by the device.
+                let Some(s) = self.statics.get(index) else {
+                    return;
+                };
+                if let Some(owner) = &s.owner {
+                    let _ = owner.read();
+                }
+                lock(&self.device).process_event(s.token);
+            }
+            _ => lock(&self.device).process_event(data & TOKEN_MASK),
+        }
+    }
+}
+
+/// The stop eventfd: ends the loop.
+struct Stop {
+    fd: Arc<EventFd>,
+    stopped: Arc<AtomicBool>,
+}
+
+impl MutEventSubscriber for Stop {
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(Events::new(self.fd.as_ref(), EventSet::IN));
+    }
+
+    fn process(&mut self, _: Events, _: &mut EventOps) {
+        self.stopped.store(true, Ordering::Release);
+    }
+}
+
 fn run(
     devices: Vec<SharedIoDevice>,
     kicks: Vec<QueueKick>,
     statics: Vec<StaticFd>,
     stop: Arc<EventFd>,
 ) {
-    let Ok(epoll) = Epoll::new() else {
+    let Ok(mut em) = EventManager::<Box<dyn MutEventSubscriber>>::new() else {
         eprintln!("kestrel: I/O thread: cannot create epoll; virtio devices will not work");
         return;
     };
-    let mut sources: HashMap<u64, Source> = HashMap::new();
-    let mut next = 0u64;
-    // Device fds are edge-triggered: a device drains what it can and keeps the rest
-    // (a tap frame with no rx buffer to go to) until its queue is kicked again, which a
-    // level-triggered registration would turn into a busy loop.
-    let mut add = |fd: RawFd, src: Source, sources: &mut HashMap<u64, Source>| {
-        let t = next;
-        next += 1;
-        let set = match src {
-            Source::DeviceFd { .. } => EventSet::IN | EventSet::EDGE_TRIGGERED,
-            _ => EventSet::IN,
-        };
-        if epoll
-            .ctl(ControlOperation::Add, fd, EpollEvent::new(set, t))
-            .is_ok()
-        {
-            sources.insert(t, src);
+    let stopped = Arc::new(AtomicBool::new(false));
+    em.add_subscriber(Box::new(Stop {
+        fd: stop,
+        stopped: stopped.clone(),
+    }));
+    let mut subs: Vec<DeviceSubscriber> = devices
+        .into_iter()
+        .map(|device| DeviceSubscriber {
+            device,
+            kicks: Vec::new(),
+            statics: Vec::new(),
+            own_fds_added: false,
+        })
+        .collect();
+    for k in kicks {
+        if let Some(s) = subs.get_mut(k.device) {
+            s.kicks.push((k.eventfd, k.queue));
         }
-    };
-    add(stop.as_raw_fd(), Source::Stop, &mut sources);
-    for k in &kicks {
-        add(
-            k.eventfd.as_raw_fd(),
-            Source::Kick {
-                device: k.device,
-                queue: k.queue,
-            },
-            &mut sources,
-        );
     }
-    for s in &statics {
-        add(
-            s.fd,
-            Source::DeviceFd {
-                device: s.device,
-                token: s.token,
-            },
-            &mut sources,
-        );
+    for st in statics {
+        if let Some(s) = subs.get_mut(st.device) {
+            s.statics.push(st);
+        }
     }
-    // A device's own fds become valid when the driver activates it; they are picked up
-    // at its first queue kick (a driver always kicks after DRIVER_OK, rx queues included).
-    let mut fds_added = vec![false; devices.len()];
-    let mut events = vec![EpollEvent::default(); 64];
-    loop {
-        let n = match epoll.wait(-1, &mut events) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => return,
-        };
-        for ev in events.iter().take(n) {
-            match sources.get(&ev.data()) {
-                Some(Source::Stop) => return,
-                Some(Source::Kick { device, queue }) => {
-                    let (device, queue) = (*device, *queue);
-                    if let Some(k) = kicks
-                        .iter()
-                        .find(|k| k.device == device && k.queue == queue)
-                    {
-                        let _ = k.eventfd.read();
-                    }
-                    let Some(d) = devices.get(device) else {
-                        continue;
-                    };
-                    lock(d).process_queue(queue);
-                    if !fds_added[device] {
-                        let fds = lock(d).event_fds();
-                        if !fds.is_empty() {
-                            fds_added[device] = true;
-                            for (fd, token) in fds {
-                                add(fd, Source::DeviceFd { device, token }, &mut sources);
-                            }
-                        }
-                    }
-                }
-                Some(Source::DeviceFd { device, token }) => {
-                    // A static eventfd (INTx resample) is cleared here; a device's own
-                    // fds are drained by the device.
-                    if let Some(owner) = statics
-                        .iter()
-                        .find(|s| s.device == *device && s.token == *token)
-                        .and_then(|s| s.owner.as_ref())
-                    {
-                        let _ = owner.read();
-                    }
-                    if let Some(d) = devices.get(*device) {
-                        lock(d).process_event(*token);
-                    }
-                }
-                None => {}
-            }
+    for s in subs {
+        em.add_subscriber(Box::new(s));
+    }
+    while !stopped.load(Ordering::Acquire) {
+        if em.run().is_err() {
+            return;
         }
     }
 }
@@ -195,6 +222,7 @@ fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
     use std::sync::mpsc;
 
     struct Fake {

@@ -3,18 +3,20 @@
 //! [`VmClock`] is QEMU's virtual clock: guest nanoseconds since the boot was built,
 //! standing still while the vCPUs are stopped (it starts stopped, like the vCPUs, and
 //! `Vm::resume`/`Vm::pause` move it). Device models arm [`devices::timer::Timer`]s on it;
-//! each is a non-blocking timerfd, and one thread per boot waits on all of them and
-//! calls the owning model back. While the clock is stopped no timerfd is armed, and on
+//! each is a non-blocking timerfd, and one thread per boot runs an `event-manager`
+//! loop with a subscriber per timer that calls the owning model back. While the clock is stopped no timerfd is armed, and on
 //! resume every pending deadline is programmed again from the time left, so a guest
 //! stopped for an hour does not find its watchdog expired the instant it runs again.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use devices::timer::{GuestClock, Timer};
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use std::sync::atomic::{AtomicBool, Ordering};
+use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -179,6 +181,61 @@ impl Timer for SlotTimer {
     }
 }
 
+/// One timer's timerfd: calls the model back when its deadline has passed.
+struct TimerSub {
+    slot: Arc<Slot>,
+    callback: Option<Callback>,
+}
+
+impl MutEventSubscriber for TimerSub {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.slot.fd.0, EventSet::IN)) {
+            eprintln!("kestrel: timers: cannot watch a timer: {e:?}");
+        }
+    }
+
+    fn process(&mut self, _: Events, _: &mut EventOps) {
+        let slot = &self.slot;
+        slot.fd.drain();
+        let due = {
+            let mut d = lock(&slot.deadline);
+            match *d {
+                Some(at) if slot.clock.is_running() && slot.clock.now_ns() >= at => {
+                    *d = None;
+                    true
+                }
+                // Early (the clock was stopped meanwhile), or re-armed later since:
+                // program what is pending now.
+                other => {
+                    slot.program(other);
+                    false
+                }
+            }
+        };
+        if due {
+            if let Some(cb) = &mut self.callback {
+                cb();
+            }
+        }
+    }
+}
+
+/// The stop eventfd: ends the timer thread's loop.
+struct StopSub {
+    fd: Arc<EventFd>,
+    stopped: Arc<AtomicBool>,
+}
+
+impl MutEventSubscriber for StopSub {
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(Events::new(self.fd.as_ref(), EventSet::IN));
+    }
+
+    fn process(&mut self, _: Events, _: &mut EventOps) {
+        self.stopped.store(true, Ordering::Release);
+    }
+}
+
 type Callback = Box<dyn FnMut() + Send>;
 
 /// The boot's timers: create them, hand each its callback, then `start`.
@@ -229,70 +286,38 @@ impl Timers {
         }
     }
 
-    /// Starts the thread that serves the timers (nothing to do without any).
+    /// Starts the thread that serves the timers (nothing to do without any): an
+    /// `event-manager` loop with one subscriber per timer and one for the stop eventfd.
     pub fn start(&mut self) -> std::io::Result<()> {
         if self.slots.is_empty() || self.thread.is_some() {
             return Ok(());
         }
         let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
-        let epoll = Epoll::new()?;
-        epoll.ctl(
-            ControlOperation::Add,
-            stop.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, u64::MAX),
-        )?;
-        for (i, s) in self.slots.iter().enumerate() {
-            let fd: RawFd = s.fd.0.as_raw_fd();
-            epoll.ctl(
-                ControlOperation::Add,
-                fd,
-                EpollEvent::new(EventSet::IN, i as u64),
-            )?;
+        let stopped = Arc::new(AtomicBool::new(false));
+        let mut subs: Vec<Box<dyn MutEventSubscriber + Send>> = vec![Box::new(StopSub {
+            fd: stop.clone(),
+            stopped: stopped.clone(),
+        })];
+        let callbacks = std::mem::take(&mut self.callbacks);
+        for (slot, callback) in self.slots.iter().zip(callbacks) {
+            subs.push(Box::new(TimerSub {
+                slot: slot.clone(),
+                callback,
+            }));
         }
-        let slots = self.slots.clone();
-        let mut callbacks = std::mem::take(&mut self.callbacks);
-        let s2 = stop.clone();
-        let clock = self.clock.clone();
         let handle = std::thread::Builder::new()
             .name("timers".into())
             .spawn(move || {
-                let _keep = s2;
-                let mut events = vec![EpollEvent::default(); 16];
-                loop {
-                    let n = match epoll.wait(-1, &mut events) {
-                        Ok(n) => n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                        Err(_) => return,
-                    };
-                    for ev in events.iter().take(n) {
-                        let i = ev.data();
-                        if i == u64::MAX {
-                            return;
-                        }
-                        let Some(slot) = slots.get(i as usize) else {
-                            continue;
-                        };
-                        slot.fd.drain();
-                        let due = {
-                            let mut d = lock(&slot.deadline);
-                            match *d {
-                                Some(at) if clock.is_running() && clock.now_ns() >= at => {
-                                    *d = None;
-                                    true
-                                }
-                                // Early (the clock was stopped meanwhile), or re-armed
-                                // later since: program what is pending now.
-                                other => {
-                                    slot.program(other);
-                                    false
-                                }
-                            }
-                        };
-                        if due {
-                            if let Some(Some(cb)) = callbacks.get_mut(i as usize) {
-                                cb();
-                            }
-                        }
+                let Ok(mut em) = EventManager::<Box<dyn MutEventSubscriber + Send>>::new() else {
+                    eprintln!("kestrel: timers: cannot create epoll; device timers will not fire");
+                    return;
+                };
+                for s in subs {
+                    em.add_subscriber(s);
+                }
+                while !stopped.load(Ordering::Acquire) {
+                    if em.run().is_err() {
+                        return;
                     }
                 }
             })?;
