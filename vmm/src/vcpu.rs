@@ -1,14 +1,39 @@
 //! vCPU threads. Each vCPU is a thread looping on KVM_RUN; the machine steers it through
-//! a small state machine (Running -> Paused -> Running, or -> Exited) without waiting for
-//! the guest to exit on its own: a request is posted, then the thread is kicked with a
-//! real-time signal whose handler sets `immediate_exit`, so KVM_RUN returns at once
-//! whether the signal lands before or during the ioctl.
+//! a request word without waiting for the guest to exit on its own: bits are posted,
+//! then the thread is kicked with a real-time signal whose handler sets
+//! `immediate_exit`, so KVM_RUN returns at once whether the signal lands before or
+//! during the ioctl.
 //!
-//! Exits are dispatched to the port and MMIO buses, whose maps are lock-free snapshots;
-//! the only locks on that path are the one device's own.
+//! The run loop's fast path takes no lock: it clears `immediate_exit`, loads the request
+//! word once and, if it is zero, enters the guest. Only a non-zero word sends the
+//! thread down the slow path, under the `slow` mutex and its condvar:
+//!
+//! | bit   | set by (machine)        | cleared by               | the vCPU thread, on the slow path          |
+//! |-------|-------------------------|--------------------------|--------------------------------------------|
+//! | PAUSE | `request_pause`, a fatal exit | `resume`           | KVMCLOCK_CTRL, acks Paused, parks on the condvar until PAUSE clears |
+//! | EXIT  | `exit` (and drop)       | never                    | acks Exited, leaves the loop               |
+//! | NMI   | `inject_nmi`            | the vCPU thread          | KVM_NMI before the next entry (held while paused) |
+//! | REGS  | `registers`             | the vCPU thread (or the asker on time-out) | dumps the registers into `slow.regs`, notifies |
+//!
+//! | ack (under `slow`) | meaning                                   | set when                  |
+//! |--------------------|-------------------------------------------|---------------------------|
+//! | Starting           | the thread has not yet read the word      | spawn                     |
+//! | Running            | the thread may be in KVM_RUN              | leaving the slow path     |
+//! | Paused             | parked on the condvar                     | PAUSE seen                |
+//! | Exited             | gone                                      | EXIT seen                 |
+//!
+//! A poster sets the bit first, then reads `ack` under the lock: a parked thread
+//! re-reads the word when the condvar wakes it, and a Running one either sees the bit
+//! at its next load or has `immediate_exit` set by the kick before it enters the guest
+//! (it clears `immediate_exit` before the load, never after). KVM_NMI and KVM_GET_REGS
+//! are issued by the vCPU's own thread: from another they would wait on KVM's vCPU
+//! mutex until the guest exits.
+//!
+//! Exits are dispatched to the port and MMIO buses, whose maps are lock-free snapshots
+//! (`ArcSwap`): the only lock a vCPU exit takes is the one device's own, briefly.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -20,13 +45,11 @@ use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 use crate::vm_events::VmEvent;
 use crate::{ControlEvent, ControlSender};
 
-/// What the machine wants a vCPU thread to do next.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Request {
-    Run,
-    Pause,
-    Exit,
-}
+/// Bits of the request word: what the machine wants of the vCPU thread.
+const PAUSE: u32 = 1 << 0;
+const EXIT: u32 = 1 << 1;
+const NMI: u32 = 1 << 2;
+const REGS: u32 = 1 << 3;
 
 /// Where the thread is, as acknowledged by the thread itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,27 +60,48 @@ enum Ack {
     Exited,
 }
 
-struct Ctl {
-    request: Request,
+/// The slow path's state, under `Shared::slow`.
+struct Slow {
     ack: Ack,
-    /// An NMI to inject before the next KVM_RUN. KVM_NMI must come from the vCPU's own
-    /// thread: from another it would wait on the vCPU mutex until the guest exits.
-    nmi: bool,
-    /// A register dump is wanted (HMP `info registers`); the thread answers in `regs`,
-    /// since KVM_GET_REGS has the same own-thread rule.
-    regs_wanted: bool,
+    /// The answer to a REGS request.
     regs: Option<Result<String, String>>,
 }
 
 struct Shared {
-    ctl: Mutex<Ctl>,
+    /// The request word (PAUSE | EXIT | NMI | REGS): the one thing the run loop reads
+    /// before each KVM_RUN. Zero means: enter the guest.
+    req: AtomicU32,
+    slow: Mutex<Slow>,
     cv: Condvar,
     tid: AtomicI32,
 }
 
 impl Shared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Ctl> {
-        self.ctl.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slow> {
+        self.slow.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets request bits, wakes a parked thread and, if it may be in the guest, kicks it
+    /// out. The bit is set before the thread's state is read: a thread that acknowledged
+    /// Running before this re-reads the word after clearing `immediate_exit`, so either
+    /// it sees the bit or the kick's `immediate_exit` stops its next KVM_RUN.
+    fn post(&self, bits: u32, thread: Option<&JoinHandle<()>>) {
+        self.req.fetch_or(bits, Ordering::SeqCst);
+        let c = self.lock();
+        let running = c.ack == Ack::Running;
+        drop(c);
+        self.cv.notify_all();
+        if running {
+            kick(thread);
+        }
+    }
+}
+
+fn kick(thread: Option<&JoinHandle<()>>) {
+    if let Some(t) = thread {
+        use std::os::unix::thread::JoinHandleExt;
+        // SAFETY: the pthread is alive until joined (we hold its JoinHandle).
+        unsafe { libc::pthread_kill(t.as_pthread_t(), SIGRTMIN()) };
     }
 }
 
@@ -105,11 +149,9 @@ impl Vcpu {
     /// Spawns the thread, parked: it runs guest code only after `resume`.
     pub fn spawn(index: u8, name: String, fd: VcpuFd, ctx: VcpuContext) -> std::io::Result<Vcpu> {
         let shared = Arc::new(Shared {
-            ctl: Mutex::new(Ctl {
-                request: Request::Pause,
+            req: AtomicU32::new(PAUSE),
+            slow: Mutex::new(Slow {
                 ack: Ack::Starting,
-                nmi: false,
-                regs_wanted: false,
                 regs: None,
             }),
             cv: Condvar::new(),
@@ -137,30 +179,6 @@ impl Vcpu {
         self.shared.tid.load(Ordering::Acquire)
     }
 
-    fn post(&self, r: Request) {
-        let mut c = self.shared.lock();
-        if c.ack == Ack::Exited {
-            return;
-        }
-        c.request = r;
-        // Only a thread that may be inside KVM_RUN needs the signal; a parked one sees
-        // the request when the condvar wakes it (it re-checks under this same lock).
-        let running = c.ack == Ack::Running;
-        drop(c);
-        self.shared.cv.notify_all();
-        if running {
-            self.kick();
-        }
-    }
-
-    fn kick(&self) {
-        if let Some(t) = &self.thread {
-            use std::os::unix::thread::JoinHandleExt;
-            // SAFETY: the pthread is alive until joined (we hold its JoinHandle).
-            unsafe { libc::pthread_kill(t.as_pthread_t(), SIGRTMIN()) };
-        }
-    }
-
     fn wait_for(&self, done: impl Fn(Ack) -> bool) {
         let mut c = self.shared.lock();
         while !done(c.ack) && c.ack != Ack::Exited {
@@ -171,37 +189,23 @@ impl Vcpu {
     /// Queues an NMI; the thread injects it before it next enters the guest (a paused
     /// vCPU takes it when resumed, as a real CPU would on leaving its stopped state).
     pub fn inject_nmi(&self) {
-        let mut c = self.shared.lock();
-        if c.ack == Ack::Exited {
-            return;
-        }
-        c.nmi = true;
-        drop(c);
-        self.kick();
+        self.shared.post(NMI, self.thread.as_ref());
     }
 
     /// The vCPU's registers as HMP prints them, read by the vCPU thread itself (it leaves
     /// the guest for a moment if it was running).
     pub fn registers(&self) -> Result<String, String> {
-        let mut c = self.shared.lock();
-        if c.ack == Ack::Exited {
-            return Err(format!("vCPU {} has exited", self.index));
-        }
-        c.regs_wanted = true;
-        c.regs = None;
-        let running = c.ack == Ack::Running;
-        self.shared.cv.notify_all();
-        if running {
-            self.kick();
-        }
+        self.shared.lock().regs = None;
+        self.shared.post(REGS, self.thread.as_ref());
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut c = self.shared.lock();
         loop {
             if let Some(r) = c.regs.take() {
                 return r;
             }
             let now = std::time::Instant::now();
             if now >= deadline || c.ack == Ack::Exited {
-                c.regs_wanted = false;
+                self.shared.req.fetch_and(!REGS, Ordering::SeqCst);
                 return Err(format!("vCPU {} did not answer", self.index));
             }
             c = self
@@ -215,7 +219,7 @@ impl Vcpu {
 
     /// Asks the thread to pause without waiting (see `wait_paused`).
     pub fn request_pause(&self) {
-        self.post(Request::Pause);
+        self.shared.post(PAUSE, self.thread.as_ref());
     }
 
     pub fn wait_paused(&self) {
@@ -223,12 +227,16 @@ impl Vcpu {
     }
 
     pub fn resume(&self) {
-        self.post(Request::Run);
+        // Clearing PAUSE needs no kick: a running thread has nothing to leave for, and a
+        // parked one re-reads the word under the lock when the condvar wakes it.
+        self.shared.req.fetch_and(!PAUSE, Ordering::SeqCst);
+        let _c = self.shared.lock();
+        self.shared.cv.notify_all();
     }
 
     /// Stops the thread and joins it.
     pub fn exit(&mut self) {
-        self.post(Request::Exit);
+        self.shared.post(EXIT, self.thread.as_ref());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -251,51 +259,14 @@ fn run_thread(index: u8, mut fd: VcpuFd, ctx: VcpuContext, shared: Arc<Shared>) 
     let mut reported = false;
     let mut entered = false;
     loop {
-        // Honour the machine's request before (re-)entering the guest.
-        {
-            let mut c = shared.lock();
-            loop {
-                if std::mem::take(&mut c.regs_wanted) {
-                    c.regs = Some(dump_registers(&fd));
-                    shared.cv.notify_all();
-                }
-                match c.request {
-                    Request::Run => {
-                        if std::mem::take(&mut c.nmi) {
-                            if let Err(e) = fd.nmi() {
-                                let _ = ctx.events.send(ControlEvent::Vm {
-                                    generation: ctx.generation,
-                                    event: VmEvent::Fatal(format!(
-                                        "vCPU {index}: KVM_NMI failed: {e}"
-                                    )),
-                                });
-                            }
-                        }
-                        if c.ack != Ack::Running {
-                            c.ack = Ack::Running;
-                            shared.cv.notify_all();
-                        }
-                        break;
-                    }
-                    Request::Pause => {
-                        if c.ack != Ack::Paused {
-                            // Tell KVM the guest was stopped, so its watchdogs don't fire on resume.
-                            let _ = fd.kvmclock_ctrl();
-                            c.ack = Ack::Paused;
-                            shared.cv.notify_all();
-                        }
-                        c = shared.cv.wait(c).unwrap_or_else(|p| p.into_inner());
-                    }
-                    Request::Exit => {
-                        c.ack = Ack::Exited;
-                        shared.cv.notify_all();
-                        KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
-                        return;
-                    }
-                }
-            }
-        }
+        // The fast path: clear immediate_exit, then one load of the request word. In
+        // this order a kick that lands after the clear stops the coming KVM_RUN, and a
+        // request posted before it is in the word.
         fd.set_kvm_immediate_exit(0);
+        if shared.req.load(Ordering::SeqCst) != 0 && !slow_path(index, &fd, &ctx, &shared) {
+            KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
+            return;
+        }
         if !entered {
             entered = true;
             trace_first_run(index);
@@ -319,7 +290,7 @@ fn run_thread(index: u8, mut fd: VcpuFd, ctx: VcpuContext, shared: Arc<Shared>) 
                     event: VmEvent::Fatal(msg),
                 });
                 // Stay off the CPU until the machine decides.
-                shared.lock().request = Request::Pause;
+                shared.req.fetch_or(PAUSE, Ordering::SeqCst);
             }
         }
         if !reported {
@@ -337,6 +308,49 @@ fn run_thread(index: u8, mut fd: VcpuFd, ctx: VcpuContext, shared: Arc<Shared>) 
         } else if ctx.exit_requests.peek().is_none() {
             reported = false;
         }
+    }
+}
+
+/// Serves the request word under the lock: registers, NMI, pause (parking until
+/// resumed) and exit. Returns false when the thread must end.
+fn slow_path(index: u8, fd: &VcpuFd, ctx: &VcpuContext, shared: &Shared) -> bool {
+    let mut c = shared.lock();
+    loop {
+        let req = shared.req.load(Ordering::SeqCst);
+        if req & REGS != 0 {
+            c.regs = Some(dump_registers(fd));
+            shared.req.fetch_and(!REGS, Ordering::SeqCst);
+            shared.cv.notify_all();
+        }
+        if req & EXIT != 0 {
+            c.ack = Ack::Exited;
+            shared.cv.notify_all();
+            return false;
+        }
+        if req & PAUSE != 0 {
+            if c.ack != Ack::Paused {
+                // Tell KVM the guest was stopped, so its watchdogs don't fire on resume.
+                let _ = fd.kvmclock_ctrl();
+                c.ack = Ack::Paused;
+                shared.cv.notify_all();
+            }
+            c = shared.cv.wait(c).unwrap_or_else(|p| p.into_inner());
+            continue;
+        }
+        if req & NMI != 0 {
+            shared.req.fetch_and(!NMI, Ordering::SeqCst);
+            if let Err(e) = fd.nmi() {
+                let _ = ctx.events.send(ControlEvent::Vm {
+                    generation: ctx.generation,
+                    event: VmEvent::Fatal(format!("vCPU {index}: KVM_NMI failed: {e}")),
+                });
+            }
+        }
+        if c.ack != Ack::Running {
+            c.ack = Ack::Running;
+            shared.cv.notify_all();
+        }
+        return true;
     }
 }
 
