@@ -52,8 +52,8 @@
 //!
 //! Dependencies run one way: `clock` <- `irq` <- `regs`. This file holds the device
 //! state ([`CmosRtc`], [`RtcState`]), the register bits all three use,
-//! construction, migration and the port-bus glue. No locks: the bus hands the device
-//! out by `&mut`.
+//! construction, migration and the port-bus glue. The device takes no lock of its own:
+//! the caller holds the device (by `&mut`) across every call.
 
 mod clock;
 mod irq;

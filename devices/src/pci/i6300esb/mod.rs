@@ -44,8 +44,8 @@
 //!
 //! Migration (the saved state, its validation and restore) lives in `state`, which
 //! uses only this file's items; this file holds the watchdog's registers, its two
-//! stages on the guest clock, and the [`PciDevice`] impl. No locks: the bus hands the
-//! device out by `&mut`.
+//! stages on the guest clock, and the [`PciDevice`] impl. The device takes no lock of
+//! its own: the caller holds the device (by `&mut`) across every call.
 
 mod state;
 
