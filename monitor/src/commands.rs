@@ -2,12 +2,12 @@
 //! introspection, run control, the machine queries, `set-action`, `inject-nmi` and
 //! `human-monitor-command`; plus the executor that carries out a run-state [`Plan`].
 
-use crate::error::QmpError;
 use crate::events::EventBus;
 use crate::machine::{
     CpuInfoFast, CurrentMachineParams, HotpluggableCpu, IoThreadInfo, KvmInfo, Machine,
     MachineInfo, MemoryInfo, NameInfo, TargetInfo, UuidInfo, VersionInfo,
 };
+use crate::qmp_error::QmpError;
 use crate::registry::{CommandContext, Registry};
 use crate::runstate::{
     MachineOp, PanicAction, Plan, RebootAction, ShutdownAction, ShutdownCause, StatusInfo, Step,

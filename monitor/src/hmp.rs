@@ -9,7 +9,7 @@ use crate::commands::{
     cpus_fast, do_cont, do_inject_nmi, do_quit, do_stop, do_system_powerdown, do_system_reset,
     do_system_wakeup,
 };
-use crate::error::QmpError;
+use crate::qmp_error::QmpError;
 use crate::registry::CommandContext;
 use crate::runstate::RunState;
 use std::fmt::Write as _;

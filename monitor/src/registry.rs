@@ -7,9 +7,10 @@
 //! runs the handler and serializes the result; the schema entry is built from the same
 //! `A` and `R`.
 
-use crate::error::{Error, ErrorClass, QmpError};
+use crate::error::Error;
 use crate::events::EventBus;
 use crate::machine::{Machine, VersionInfo};
+use crate::qmp_error::{ErrorClass, QmpError};
 use crate::runstate::VmState;
 use crate::schema::{self, Entity, QmpType, SchemaFn};
 use crate::session::Negotiation;

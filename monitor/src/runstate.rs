@@ -10,7 +10,7 @@
 //! has been checked against the table; one that is not allowed is an error, never a
 //! silent change.
 
-use crate::error::QmpError;
+use crate::qmp_error::QmpError;
 use serde_json::Value;
 
 crate::qmp_enum! {

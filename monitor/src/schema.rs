@@ -14,7 +14,7 @@
 //! members (`actions[0].data.x`), and in QEMU's order (members in declaration order, then
 //! unexpected keys).
 
-use crate::error::QmpError;
+use crate::qmp_error::QmpError;
 use serde_json::{json, Map, Value};
 use std::collections::{HashMap, VecDeque};
 

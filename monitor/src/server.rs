@@ -322,9 +322,9 @@ impl Monitor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::QmpError;
     use crate::events::ManualClock;
     use crate::machine::HotpluggableCpu;
+    use crate::qmp_error::QmpError;
     use crate::runstate::ShutdownAction;
     use crate::schema::Empty;
     use crate::testing::{Call, FakeMachine};
