@@ -49,6 +49,7 @@
 extern crate self as monitor;
 
 pub mod commands;
+mod control;
 pub mod error;
 pub mod events;
 pub mod framing;

@@ -12,7 +12,7 @@
 //!
 //! Ordering: events raised while a command runs are delivered before its reply (§8).
 
-use crate::commands::execute_plan;
+use crate::control::execute_plan;
 use crate::error::Error;
 use crate::events::{Clock, Event, EventBus, SystemClock};
 use crate::framing::Limits;
