@@ -1,21 +1,24 @@
 //! The machine-level commands that need only the `Machine` trait: negotiation,
 //! introspection, run control, the machine queries, `set-action`, `inject-nmi` and
-//! `human-monitor-command`; plus the executor that carries out a run-state [`Plan`].
+//! `human-monitor-command`, and `Registry::with_core`, which registers them with the core
+//! events. The plan executor and the run-control actions these commands share with HMP
+//! live below, in `control`; `execute_plan` is re-exported here.
 
-use crate::error::QmpError;
-use crate::events::EventBus;
+use crate::control::{
+    cpus_fast, do_cont, do_inject_nmi, do_quit, do_stop, do_system_powerdown, do_system_reset,
+    do_system_wakeup,
+};
 use crate::machine::{
-    CpuInfoFast, CurrentMachineParams, HotpluggableCpu, IoThreadInfo, KvmInfo, Machine,
-    MachineInfo, MemoryInfo, NameInfo, TargetInfo, UuidInfo, VersionInfo,
+    CurrentMachineParams, HotpluggableCpu, IoThreadInfo, KvmInfo, MachineInfo, MemoryInfo,
+    NameInfo, TargetInfo, UuidInfo, VersionInfo,
 };
+use crate::qmp_error::QmpError;
 use crate::registry::{CommandContext, Registry};
-use crate::runstate::{
-    MachineOp, PanicAction, Plan, RebootAction, ShutdownAction, ShutdownCause, StatusInfo, Step,
-    VmState, WatchdogAction,
-};
+use crate::runstate::{PanicAction, RebootAction, ShutdownAction, StatusInfo, WatchdogAction};
 use crate::schema::{Empty, SchemaList};
 
-pub const QMP_CAPABILITIES: &str = "qmp_capabilities";
+pub use crate::control::execute_plan;
+pub use crate::registry::QMP_CAPABILITIES;
 
 crate::qmp_enum! {
     /// `QMPCapability`.
@@ -74,106 +77,6 @@ crate::qmp_struct! {
     }
 }
 
-/// Carries out a plan: machine operations through the trait, state changes through the
-/// table, events onto the bus. Stops at the first failure; what ran before stays done.
-pub fn execute_plan(
-    plan: &Plan,
-    vm: &mut VmState,
-    machine: &mut dyn Machine,
-    events: &mut EventBus,
-) -> Result<(), QmpError> {
-    for step in &plan.steps {
-        match step {
-            Step::Machine(op) => match op {
-                MachineOp::PauseVcpus => machine.pause_vcpus()?,
-                MachineOp::ResumeVcpus => machine.resume_vcpus()?,
-                MachineOp::Reset(cause) => machine.reset(*cause)?,
-                MachineOp::PowerButton => machine.power_button()?,
-                MachineOp::InjectNmi => machine.inject_nmi()?,
-                MachineOp::Wakeup => machine.wakeup()?,
-                MachineOp::WatchdogDebug => machine.watchdog_debug(),
-                MachineOp::Exit(status) => machine.request_exit(*status),
-            },
-            Step::State(_) | Step::Autostart(_) => vm.apply(step)?,
-            Step::Emit(ev) => events.emit_core(ev),
-        }
-    }
-    Ok(())
-}
-
-fn run_plan(ctx: &mut CommandContext<'_>, plan: Result<Plan, QmpError>) -> Result<Empty, QmpError> {
-    let plan = plan?;
-    execute_plan(&plan, ctx.vm, ctx.machine, ctx.events)?;
-    Ok(Empty {})
-}
-
-fn check_no_dump(ctx: &CommandContext<'_>) -> Result<(), QmpError> {
-    if ctx.machine.dump_in_progress() {
-        return Err(QmpError::generic(
-            "There is a dump in process, please wait.",
-        ));
-    }
-    Ok(())
-}
-
-// Run control, shared by QMP and HMP.
-
-pub(crate) fn do_stop(ctx: &mut CommandContext<'_>) -> Result<Empty, QmpError> {
-    check_no_dump(ctx)?;
-    let plan = ctx.vm.plan_stop().map_err(QmpError::from);
-    run_plan(ctx, plan)
-}
-
-pub(crate) fn do_cont(ctx: &mut CommandContext<'_>) -> Result<Empty, QmpError> {
-    check_no_dump(ctx)?;
-    let plan = ctx.vm.plan_cont();
-    run_plan(ctx, plan)
-}
-
-pub(crate) fn do_system_reset(ctx: &mut CommandContext<'_>) -> Result<Empty, QmpError> {
-    let plan = ctx
-        .vm
-        .plan_reset_request(ShutdownCause::HostQmpSystemReset)
-        .map_err(QmpError::from);
-    run_plan(ctx, plan)
-}
-
-pub(crate) fn do_system_powerdown(ctx: &mut CommandContext<'_>) -> Result<Empty, QmpError> {
-    let plan = Ok(ctx.vm.plan_powerdown());
-    run_plan(ctx, plan)
-}
-
-pub(crate) fn do_quit(ctx: &mut CommandContext<'_>) -> Result<Empty, QmpError> {
-    let plan = ctx.vm.plan_quit().map_err(QmpError::from);
-    run_plan(ctx, plan)
-}
-
-pub(crate) fn do_system_wakeup(ctx: &mut CommandContext<'_>) -> Result<Empty, QmpError> {
-    let supported = ctx.machine.wakeup_suspend_support();
-    let plan = ctx.vm.plan_wakeup(supported);
-    run_plan(ctx, plan)
-}
-
-pub(crate) fn do_inject_nmi(ctx: &mut CommandContext<'_>) -> Result<Empty, QmpError> {
-    ctx.machine.inject_nmi()?;
-    Ok(Empty {})
-}
-
-pub(crate) fn cpus_fast(machine: &dyn Machine) -> Vec<CpuInfoFast> {
-    let target = machine.target();
-    machine
-        .cpus()
-        .into_iter()
-        .map(|c| CpuInfoFast {
-            cpu_index: c.index,
-            qom_path: c.qom_path,
-            thread_id: c.thread_id,
-            props: c.props,
-            target,
-        })
-        .collect()
-}
-
 fn qmp_capabilities(
     ctx: &mut CommandContext<'_>,
     args: QmpCapabilitiesArgs,
@@ -200,6 +103,20 @@ fn qmp_capabilities(
     ctx.session.oob_enabled = enable.contains(&QmpCapability::Oob);
     ctx.session.negotiated = true;
     Ok(Empty {})
+}
+
+impl Registry {
+    /// The registry with every command and event this crate implements.
+    pub fn with_core() -> Self {
+        let mut r = Self::new();
+        register_core(&mut r);
+        for (name, data) in crate::events::core_events() {
+            // The core lists are fixed and duplicate-free; a failure is a bug caught by
+            // the tests, not something to stop for.
+            let _ = r.register_event(name, data);
+        }
+        r
+    }
 }
 
 /// Registers every command of this module. Called by `Registry::with_core`.

@@ -5,11 +5,11 @@
 //! Output lines end in CRLF, as QEMU's monitor writes them. A failing command is not a
 //! QMP error: its text is `Error: <reason>` in the returned string, like QEMU's.
 
-use crate::commands::{
+use crate::control::{
     cpus_fast, do_cont, do_inject_nmi, do_quit, do_stop, do_system_powerdown, do_system_reset,
     do_system_wakeup,
 };
-use crate::error::QmpError;
+use crate::qmp_error::QmpError;
 use crate::registry::CommandContext;
 use crate::runstate::RunState;
 use std::fmt::Write as _;

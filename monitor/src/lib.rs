@@ -49,12 +49,14 @@
 extern crate self as monitor;
 
 pub mod commands;
+mod control;
 pub mod error;
 pub mod events;
 pub mod framing;
 mod hmp;
 pub mod json;
 pub mod machine;
+mod qmp_error;
 pub mod registry;
 pub mod runstate;
 pub mod schema;
@@ -62,12 +64,13 @@ pub mod server;
 pub mod session;
 pub mod testing;
 
-pub use crate::error::{Error, ErrorClass, MachineError, QmpError};
+pub use crate::error::Error;
 pub use crate::events::{Clock, Event, ManualClock, SystemClock, Timestamp};
 pub use crate::machine::{
     CpuInfo, CpuInstanceProperties, HotpluggableCpu, IoThreadInfo, KvmInfo, Machine, MachineInfo,
     MemoryInfo, SysEmuTarget, VersionInfo,
 };
+pub use crate::qmp_error::{ErrorClass, MachineError, QmpError};
 pub use crate::registry::{CommandContext, Registry};
 pub use crate::runstate::{Actions, RunState, ShutdownCause};
 pub use crate::schema::{Empty, QmpType};

@@ -2,7 +2,7 @@
 //! QAPI types of the machine-level query commands. Nothing here knows about KVM; tests
 //! use a fake machine.
 
-use crate::error::MachineError;
+use crate::qmp_error::MachineError;
 use crate::runstate::ShutdownCause;
 use std::any::Any;
 

@@ -6,10 +6,16 @@
 //! validates the arguments against `A::schema()` (QEMU's texts), deserializes them,
 //! runs the handler and serializes the result; the schema entry is built from the same
 //! `A` and `R`.
+//!
+//! The registry owns the table and knows no command: `commands` (which also provides
+//! `Registry::with_core`) and `hmp` depend on it, never the reverse. The one command
+//! name it must know, `qmp_capabilities` (the only one allowed before negotiation), is
+//! defined here.
 
-use crate::error::{Error, ErrorClass, QmpError};
+use crate::error::Error;
 use crate::events::EventBus;
 use crate::machine::{Machine, VersionInfo};
+use crate::qmp_error::{ErrorClass, QmpError};
 use crate::runstate::VmState;
 use crate::schema::{self, Entity, QmpType, SchemaFn};
 use crate::session::Negotiation;
@@ -17,6 +23,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
+
+/// The negotiation command, the only one a session may run before negotiating.
+pub const QMP_CAPABILITIES: &str = "qmp_capabilities";
 
 /// What a handler can reach while it runs.
 pub struct CommandContext<'a> {
@@ -99,18 +108,6 @@ impl Registry {
     /// An empty registry.
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// The registry with every command and event this crate implements.
-    pub fn with_core() -> Self {
-        let mut r = Self::new();
-        crate::commands::register_core(&mut r);
-        for (name, data) in crate::events::core_events() {
-            // The core lists are fixed and duplicate-free; a failure is a bug caught by
-            // the tests, not something to stop for.
-            let _ = r.register_event(name, data);
-        }
-        r
     }
 
     /// Registers `name` with a typed handler.
@@ -228,7 +225,7 @@ impl Registry {
     ) -> Result<Value, QmpError> {
         let cmd = self
             .get(name)
-            .filter(|_| !negotiating || name == crate::commands::QMP_CAPABILITIES)
+            .filter(|_| !negotiating || name == QMP_CAPABILITIES)
             .ok_or_else(|| {
                 QmpError::command_not_found(format!("The command {name} has not been found"))
             })?;

@@ -10,11 +10,11 @@
 //!
 //! Wire format of output (§2): one JSON object per line ending in CRLF, ASCII only.
 
-use crate::error::QmpError;
 use crate::events::Event;
 use crate::framing::{JsonStreamer, Limits};
 use crate::json;
 use crate::machine::VersionInfo;
+use crate::qmp_error::QmpError;
 use serde_json::{json, Map, Value};
 
 /// The capabilities-negotiation state of a session.

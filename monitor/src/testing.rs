@@ -1,11 +1,11 @@
 //! A fake `Machine` for tests, here and in the vmm: it records every call and answers
 //! the queries from plain fields.
 
-use crate::error::MachineError;
 use crate::machine::{
     CpuInfo, CpuInstanceProperties, HotpluggableCpu, IoThreadInfo, KvmInfo, Machine, MachineInfo,
     MemoryInfo, SysEmuTarget, NIL_UUID,
 };
+use crate::qmp_error::MachineError;
 use crate::runstate::ShutdownCause;
 use std::any::Any;
 
