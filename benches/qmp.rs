@@ -7,6 +7,9 @@
 //! Both VMMs start paused (-S), so no guest code competes for the CPU. Kestrel gets a
 //! tiny hand-made kernel; QEMU needs none for this. Run: `make bench` or
 //! `cargo bench -p vmm --bench qmp` (`KESTREL_BENCH_ROUNDS`, default 5).
+//!
+//! `KESTREL_BENCH_BASELINE=/path/to/an/older/kestrel` adds that binary as a third VMM
+//! in the same alternation, for a before/after comparison of a change in one run.
 #![allow(clippy::unwrap_used)] // a benchmark that cannot run has nothing to report
 
 #[path = "../tests/common/mod.rs"]
@@ -23,13 +26,23 @@ const REQUESTS: usize = 4000;
 enum Vmm {
     Kestrel,
     Qemu,
+    /// An older Kestrel binary (KESTREL_BENCH_BASELINE).
+    Baseline,
+}
+
+fn baseline() -> Option<std::path::PathBuf> {
+    std::env::var_os("KESTREL_BENCH_BASELINE").map(Into::into)
 }
 
 fn spawn(vmm: Vmm, sock: &std::path::Path, kernel: &std::path::Path) -> Child {
     let qmp = format!("unix:{},server=on,wait=off", sock.display());
     let mut c = match vmm {
-        Vmm::Kestrel => {
-            let mut c = Command::new(common::kestrel());
+        Vmm::Kestrel | Vmm::Baseline => {
+            let bin = match vmm {
+                Vmm::Baseline => baseline().unwrap(),
+                _ => common::kestrel(),
+            };
+            let mut c = Command::new(bin);
             c.args([
                 "-nodefaults",
                 "-S",
@@ -147,9 +160,13 @@ fn main() {
         .unwrap_or(5);
     let kernel = common::tiny_kernel("bench", "", None);
     // [vmm][measure] samples: ready ms, seq rate, seq p50, seq p99, 8-deep rate, 8-deep p50, 8-deep p99
-    let mut s: [[Vec<f64>; 7]; 2] = Default::default();
+    let mut s: [[Vec<f64>; 7]; 3] = Default::default();
+    let mut vmms = vec![Vmm::Kestrel, Vmm::Qemu];
+    if baseline().is_some() {
+        vmms.push(Vmm::Baseline);
+    }
     for round in 0..rounds {
-        for (i, vmm) in [Vmm::Kestrel, Vmm::Qemu].into_iter().enumerate() {
+        for (i, vmm) in vmms.iter().copied().enumerate() {
             let sock = common::temp_path(&format!("bench-{i}.qmp"));
             let _ = std::fs::remove_file(&sock);
             let t0 = Instant::now();
@@ -179,13 +196,20 @@ fn main() {
             );
         }
     }
-    let m: Vec<Vec<f64>> = s
+    let m: Vec<Vec<f64>> = s[..vmms.len()]
         .iter_mut()
         .map(|v| v.iter_mut().map(|x| median(x)).collect())
         .collect();
     println!("medians of {rounds} alternating rounds, {REQUESTS} query-status requests each, both VMMs paused (-S)");
-    println!("| measure | Kestrel | QEMU 7.2 | Kestrel/QEMU |");
-    println!("|---|---|---|---|");
+    if m.len() == 3 {
+        println!(
+            "| measure | Kestrel | QEMU 7.2 | Kestrel/QEMU | baseline Kestrel | Kestrel/baseline |"
+        );
+        println!("|---|---|---|---|---|---|");
+    } else {
+        println!("| measure | Kestrel | QEMU 7.2 | Kestrel/QEMU |");
+        println!("|---|---|---|---|");
+    }
     let names = [
         ("exec to QMP greeting", "ms"),
         ("sequential round trips", "/s"),
@@ -196,11 +220,15 @@ fn main() {
         ("8 in flight latency p99", "µs"),
     ];
     for (k, (name, unit)) in names.iter().enumerate() {
-        println!(
+        let mut row = format!(
             "| {name} | {:.1} {unit} | {:.1} {unit} | {:.2}x |",
             m[0][k],
             m[1][k],
             m[0][k] / m[1][k]
         );
+        if let Some(b) = m.get(2) {
+            row += &format!(" {:.1} {unit} | {:.2}x |", b[k], m[0][k] / b[k]);
+        }
+        println!("{row}");
     }
 }
