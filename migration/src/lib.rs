@@ -1,2 +1,12 @@
 //! Live migration: the stream format, transports (tcp, unix, fd, exec, file), precopy
-//! with dirty tracking, and device state. Empty until the migration issue fills it.
+//! with dirty tracking, and device state.
+//!
+//! Today: [`protocol`], the stream format (framing, checksums, caps, RAM with zero
+//! markers, configuration check, device sections), tested with guest memory in a vector.
+//! The transports, precopy, vCPU and device state and the QMP surface are still to come
+//! (see the migration issue).
+
+pub mod protocol;
+
+#[cfg(test)]
+mod tests;
