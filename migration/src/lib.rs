@@ -2,10 +2,12 @@
 //! with dirty tracking, and device state.
 //!
 //! Today: [`protocol`], the stream format (framing, checksums, caps, RAM with zero
-//! markers, configuration check, device sections), tested with guest memory in a vector.
+//! markers, configuration check, device sections), tested with guest memory in a vector;
+//! and [`convergence`], precopy's switchover and auto-converge decision on a fake clock.
 //! The transports, precopy, vCPU and device state and the QMP surface are still to come
 //! (see the migration issue).
 
+pub mod convergence;
 pub mod protocol;
 
 #[cfg(test)]
