@@ -8,9 +8,11 @@ mod fdpass;
 mod io_thread;
 mod irq;
 mod machine;
+mod memory;
 mod pci;
 mod qmp_commands;
 mod qmp_devices;
+mod qmp_memory;
 mod qmp_platform;
 mod qmp_transport;
 mod rtc_clock;
@@ -160,6 +162,15 @@ fn run(args: Vec<String>) -> Result<i32, String> {
         .map_err(|e| format!("monitor setup: {e}"))?;
     qmp_devices::register_events(mon.registry_mut()).map_err(|e| format!("monitor setup: {e}"))?;
     qmp_platform::register(mon.registry_mut()).map_err(|e| format!("monitor setup: {e}"))?;
+    let mut memdevs: Vec<memory::MemdevInfo> = cfg
+        .memory_backends
+        .iter()
+        .map(memory::MemdevInfo::from)
+        .collect();
+    if cfg.memory_backend.is_none() {
+        memdevs.push(vm_cfg.ram.info());
+    }
+    qmp_memory::register(mon.registry_mut(), memdevs).map_err(|e| format!("monitor setup: {e}"))?;
     qmp_platform::register_events(mon.registry_mut()).map_err(|e| format!("monitor setup: {e}"))?;
 
     let fail = |daemon: Option<Daemon>, msg: String| -> Result<i32, String> {
@@ -258,6 +269,17 @@ fn vm_config(cfg: &Config) -> Result<VmConfig, String> {
         devices: cfg.devices.clone(),
         drives: cfg.drives.clone(),
         netdevs: cfg.netdevs.clone(),
+        ram: Arc::new(match &cfg.memory_backend {
+            Some(id) => {
+                let b = cfg
+                    .memory_backends
+                    .iter()
+                    .find(|b| b.id == *id)
+                    .ok_or_else(|| format!("Memory backend '{id}' not found"))?;
+                memory::RamBacking::open(b)?
+            }
+            None => memory::RamBacking::anonymous(cfg.mem_size),
+        }),
         rtc: cfg.rtc,
     })
 }

@@ -49,6 +49,8 @@ pub struct VmConfig {
     pub netdevs: Vec<crate::cmdline::devices::NetdevSpec>,
     /// `-rtc` (the clock itself is the machine's: it outlives boots).
     pub rtc: crate::cmdline::RtcOpts,
+    /// What guest RAM is mapped from (opened once, mapped again by every boot).
+    pub ram: Arc<crate::memory::RamBacking>,
 }
 
 /// What a new boot inherits: the machine's RTC clock, the previous boot's RTC state
@@ -148,9 +150,9 @@ impl Vm {
             .into_iter()
             .map(|(a, l)| (GuestAddress(a), l as usize))
             .collect();
-        let mem = GuestMemoryMmap::<()>::from_ranges(&ranges).map_err(|e| VmError::Memory {
+        let mem = cfg.ram.map(&ranges).map_err(|err| VmError::Memory {
             size: cfg.mem_size,
-            err: e.to_string(),
+            err,
         })?;
         for (slot, r) in mem.iter().enumerate() {
             let region = kvm_userspace_memory_region {

@@ -15,6 +15,7 @@
 mod chardev;
 pub mod devices;
 mod keyvalue;
+pub mod objects;
 mod options;
 mod smp;
 mod values;
@@ -110,6 +111,11 @@ pub struct Config {
     /// `-name ...,debug-threads=on`: name threads after their role.
     pub debug_threads: bool,
     pub uuid: Option<[u8; 16]>,
+    /// Every `-object memory-backend-*`, in command-line order; ids are unique.
+    pub memory_backends: Vec<objects::MemoryBackend>,
+    /// `-machine memory-backend=ID`: the backend that is guest RAM (it exists, and
+    /// `mem_size` is its size).
+    pub memory_backend: Option<String>,
     /// `-S`: do not start the vCPUs until the monitor says `cont`.
     pub start_paused: bool,
     pub machine: Machine,
@@ -176,6 +182,8 @@ impl Default for Config {
             process_name: None,
             debug_threads: false,
             uuid: None,
+            memory_backends: Vec::new(),
+            memory_backend: None,
             start_paused: false,
             machine: Machine::default(),
             cpu: Cpu::default(),
@@ -314,7 +322,16 @@ pub fn version_text() -> String {
 /// fields of that option's `deny_unknown_fields` struct, so the unit test below checks
 /// that every listed parameter is accepted.
 pub const OPTION_PARAMETERS: &[(&str, &[(&str, &str)])] = &[
-    ("machine", &[("type", "string"), ("accel", "string")]),
+    (
+        "machine",
+        &[
+            ("type", "string"),
+            ("accel", "string"),
+            ("memory-backend", "string"),
+        ],
+    ),
+    // QEMU's -object takes any QOM type's properties, so it lists none.
+    ("object", &[]),
     ("accel", &[("accel", "string")]),
     (
         "smp-opts",
@@ -407,6 +424,10 @@ mod option_parameter_tests {
                 };
                 let line = match *opt {
                     "machine" if *p == "type" => "-machine type=kestrel".to_string(),
+                    "machine" if *p == "memory-backend" => {
+                        "-object memory-backend-ram,id=m,size=64M -machine memory-backend=m"
+                            .to_string()
+                    }
                     "machine" => "-machine kestrel,accel=kvm".to_string(),
                     "accel" => "-accel accel=kvm".to_string(),
                     "smp-opts" => format!("-smp {p}=1"),

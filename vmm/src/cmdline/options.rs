@@ -103,6 +103,8 @@ pub(super) struct Builder {
     accel_option: Option<Origin>,
     /// Whether `-machine accel=` was given.
     machine_accel: bool,
+    /// Whether `-m` was given (a memory backend then must match its size).
+    mem_explicit: bool,
     /// `-qmp`/`-mon`, resolved against the chardevs at the end.
     monitors: Vec<(Origin, SerialSpec, bool)>,
     /// `-device`s, resolved against drives, netdevs and chardevs at the end.
@@ -118,6 +120,7 @@ impl Builder {
             chardev_origins,
             accel_option,
             machine_accel,
+            mem_explicit,
             monitors,
             devices,
             blockdevs,
@@ -138,6 +141,21 @@ impl Builder {
                     return Err(origin.error("cannot use stdio with -daemonize"));
                 }
             }
+        }
+        if let Some(id) = &cfg.memory_backend {
+            let backend = cfg
+                .memory_backends
+                .iter()
+                .find(|m| m.id == *id)
+                .ok_or_else(|| {
+                    CmdlineError::Conflict(format!("Memory backend '{id}' not found"))
+                })?;
+            if mem_explicit && backend.size != cfg.mem_size {
+                return Err(CmdlineError::Conflict(
+                    "Machine memory size does not match the size of the memory backend".into(),
+                ));
+            }
+            cfg.mem_size = backend.size;
         }
         let mut used: Vec<&str> = Vec::new();
         let chardev_id = |spec: &SerialSpec| match spec {

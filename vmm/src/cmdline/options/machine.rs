@@ -1,10 +1,11 @@
-//! The options that shape the machine: `-m`, `-smp`, `-name`, `-uuid`, `-machine`,
-//! `-accel`, `-enable-kvm`, `-cpu` and `-display`. Each reads its `key=value` argument
+//! The options that shape the machine: `-m`, `-object` (memory backends), `-smp`,
+//! `-name`, `-uuid`, `-machine`, `-accel`, `-enable-kvm`, `-cpu` and `-display`. Each reads its `key=value` argument
 //! into its own `deny_unknown_fields` struct and records the result in the builder's
 //! `Config`; QEMU values Kestrel does not have are refused as unsupported, not unknown.
 
 use super::{is_help, kv_err, Builder, Flow, Origin};
 use crate::cmdline::keyvalue::{self, parse_bool};
+use crate::cmdline::objects::parse_object;
 use crate::cmdline::smp::parse_smp;
 use crate::cmdline::values::{parse_uuid, MegSize, Size};
 use crate::cmdline::{Action, CpuModel, MACHINE_TYPE};
@@ -33,6 +34,7 @@ pub(super) fn opt_m(b: &mut Builder, o: &Origin) -> Result<Flow, String> {
     b.cfg.mem_size = size
         .checked_next_multiple_of(8192)
         .ok_or("ram size too large")?;
+    b.mem_explicit = true;
     Ok(Flow::Continue)
 }
 
@@ -94,6 +96,8 @@ struct MachineOpts {
     #[serde(rename = "type")]
     kind: Option<String>,
     accel: Option<String>,
+    #[serde(rename = "memory-backend")]
+    memory_backend: Option<String>,
 }
 
 pub(super) fn opt_machine(b: &mut Builder, o: &Origin) -> Result<Flow, String> {
@@ -128,6 +132,23 @@ pub(super) fn opt_machine(b: &mut Builder, o: &Origin) -> Result<Flow, String> {
         }
         b.machine_accel = true;
     }
+    if let Some(id) = m.memory_backend {
+        b.cfg.memory_backend = Some(id);
+    }
+    Ok(Flow::Continue)
+}
+
+// ---- -object ----
+
+pub(super) fn opt_object(b: &mut Builder, o: &Origin) -> Result<Flow, String> {
+    if is_help(o.arg()) {
+        return Ok(Flow::Stop(Action::Help));
+    }
+    let m = parse_object(o.arg())?;
+    if b.cfg.memory_backends.iter().any(|x| x.id == m.id) {
+        return Err(format!("Duplicate ID '{}' for object", m.id));
+    }
+    b.cfg.memory_backends.push(m);
     Ok(Flow::Continue)
 }
 

@@ -5,8 +5,8 @@
 
 use super::consoles::{opt_chardev, opt_mon, opt_qmp, opt_serial};
 use super::machine::{
-    opt_accel, opt_cpu, opt_display, opt_enable_kvm, opt_m, opt_machine, opt_name, opt_smp,
-    opt_uuid,
+    opt_accel, opt_cpu, opt_display, opt_enable_kvm, opt_m, opt_machine, opt_name, opt_object,
+    opt_smp, opt_uuid,
 };
 use super::runtime::{opt_action, opt_rtc};
 use super::{non_empty_path, Flow, OptSpec};
@@ -32,7 +32,7 @@ pub(super) static OPTIONS: &[OptSpec] = &[
     OptSpec {
         name: "machine",
         aliases: &["M"],
-        arg: Some("[type=]kestrel[,accel=kvm]"),
+        arg: Some("[type=]kestrel[,accel=kvm][,memory-backend=ID]"),
         help: "select the machine: 'kestrel' (the default and only one)",
         handler: opt_machine,
     },
@@ -70,6 +70,13 @@ pub(super) static OPTIONS: &[OptSpec] = &[
         arg: Some("[size=]megs[k|M|G|T]"),
         help: "set the guest RAM size (default 128M; a bare number is MiB)",
         handler: opt_m,
+    },
+    OptSpec {
+        name: "object",
+        aliases: &[],
+        arg: Some("memory-backend-ram|file|memfd,id=ID,size=SIZE[,mem-path=PATH][,share=on|off][,prealloc=on|off]"),
+        help: "create a memory backend for -machine memory-backend=ID",
+        handler: opt_object,
     },
     OptSpec {
         name: "name",

@@ -534,3 +534,32 @@ fn never_panics() {
         }
     }
 }
+
+#[test]
+fn memory_backends_name_guest_ram() {
+    let c = run("-object memory-backend-ram,id=mem0,size=256M -machine memory-backend=mem0");
+    assert_eq!(c.mem_size, 256 << 20, "RAM takes the backend's size");
+    assert_eq!(c.memory_backend.as_deref(), Some("mem0"));
+    assert_eq!(c.memory_backends.len(), 1);
+    let c = run("-m 256 -object memory-backend-memfd,id=m,size=256M -M kestrel,memory-backend=m");
+    assert_eq!(c.mem_size, 256 << 20);
+    // A backend nobody uses is created all the same (QEMU lists it in query-memdev).
+    let c = run("-m 64 -object memory-backend-ram,id=spare,size=16M");
+    assert_eq!((c.mem_size, c.memory_backend), (64 << 20, None));
+    assert_eq!(
+        err("-m 128 -object memory-backend-ram,id=mem0,size=64M -machine memory-backend=mem0"),
+        "Machine memory size does not match the size of the memory backend"
+    );
+    assert_eq!(
+        err("-object memory-backend-ram,id=mem0,size=64M -machine memory-backend=nope"),
+        "Memory backend 'nope' not found"
+    );
+    assert_eq!(
+        err("-object memory-backend-ram,id=a,size=64M -object memory-backend-ram,id=a,size=64M"),
+        "-object memory-backend-ram,id=a,size=64M: Duplicate ID 'a' for object"
+    );
+    assert_eq!(
+        err("-object memory-backend-foo,id=x,size=64M"),
+        "-object memory-backend-foo,id=x,size=64M: Parameter 'qom-type' does not accept value 'memory-backend-foo'"
+    );
+}
