@@ -36,11 +36,12 @@ use devices::virtio::block::{
     VIRTIO_BLK_T_OUT,
 };
 use devices::virtio::{VirtioDevice, VirtioInterrupt};
+use devices::GuestMemoryMmap;
 use virtio_queue::desc::split::{Descriptor as SplitDescriptor, VirtqUsedElem};
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::{MockSplitQueue, UsedRing};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 const FILE_SIZE: u64 = 1 << 30;

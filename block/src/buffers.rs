@@ -9,6 +9,7 @@ use std::any::Any;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
+use vm_memory::bitmap::Bitmap;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 
 use crate::BlockError;
@@ -67,9 +68,14 @@ impl IoBuffers {
     /// Buffers in guest memory: each `(address, length)` range is resolved through the
     /// guest memory map (a range may span regions). Fails, touching nothing, if any byte
     /// is outside guest memory. The `Arc` is kept, so the mapping outlives the I/O.
-    pub fn from_guest(
-        mem: &Arc<GuestMemoryMmap>,
+    ///
+    /// `fills_guest` says the I/O writes these buffers (a read from the disk): the kernel
+    /// writes them through the iovecs, behind guest memory's dirty bitmap, so the pages
+    /// are marked dirty here, before the I/O, for migration to send them again.
+    pub fn from_guest<B: Bitmap + Send + Sync + 'static>(
+        mem: &Arc<GuestMemoryMmap<B>>,
         ranges: &[(GuestAddress, u32)],
+        fills_guest: bool,
     ) -> Result<Self, BlockError> {
         let mut iovecs = Vec::with_capacity(ranges.len());
         for &(addr, len) in ranges {
@@ -82,6 +88,9 @@ impl IoBuffers {
                     ))
                 })?;
                 covered += slice.len();
+                if fills_guest {
+                    slice.bitmap().mark_dirty(0, slice.len());
+                }
                 iovecs.push(libc::iovec {
                     iov_base: slice.ptr_guard_mut().as_ptr().cast(),
                     iov_len: slice.len(),
@@ -356,11 +365,34 @@ mod tests {
             .unwrap(),
         );
         // Spanning two adjacent regions is fine.
-        let b = IoBuffers::from_guest(&mem, &[(GuestAddress(0xf00), 0x200)]).unwrap();
+        let b = IoBuffers::from_guest(&mem, &[(GuestAddress(0xf00), 0x200)], false).unwrap();
         assert_eq!(b.len(), 0x200);
         assert_eq!(b.iovecs().len(), 2);
-        assert!(IoBuffers::from_guest(&mem, &[(GuestAddress(0x1f00), 0x200)]).is_err());
-        assert!(IoBuffers::from_guest(&mem, &[(GuestAddress(u64::MAX), 2)]).is_err());
+        assert!(IoBuffers::from_guest(&mem, &[(GuestAddress(0x1f00), 0x200)], false).is_err());
+        assert!(IoBuffers::from_guest(&mem, &[(GuestAddress(u64::MAX), 2)], false).is_err());
+    }
+
+    #[test]
+    fn buffers_the_disk_fills_are_marked_dirty_for_migration() {
+        use vm_memory::bitmap::AtomicBitmap;
+        let mem = Arc::new(
+            GuestMemoryMmap::<AtomicBitmap>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap(),
+        );
+        let region = mem.iter().next().unwrap();
+        // A write to the disk only reads guest memory: nothing becomes dirty.
+        IoBuffers::from_guest(&mem, &[(GuestAddress(0x3000), 0x2000)], false).unwrap();
+        assert_eq!(std::ops::Deref::deref(region).bitmap().get_and_reset(), [0]);
+        // A read from the disk fills pages 3 and 4 (and a byte of page 9).
+        IoBuffers::from_guest(
+            &mem,
+            &[(GuestAddress(0x3000), 0x2000), (GuestAddress(0x9ff0), 1)],
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            std::ops::Deref::deref(region).bitmap().get_and_reset(),
+            [0b10_0001_1000]
+        );
     }
 
     #[test]

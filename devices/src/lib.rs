@@ -11,6 +11,17 @@ pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError, SharedDevice};
 
+/// Guest memory as Kestrel maps it: mmap'ed regions, each with a dirty bitmap that
+/// vm-memory sets on every write a device model makes through it (used rings, rx
+/// buffers, block reads, marked by `block::IoBuffers` for the kernel's writes), so
+/// migration can send again what devices wrote while it copied. What vCPUs write is in
+/// KVM's dirty log instead.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>;
+
+/// The bitmap of a slice of [`GuestMemoryMmap`], as descriptor-chain readers and
+/// writers carry it.
+pub type GuestBitmapSlice<'a> = vm_memory::bitmap::BS<'a, vm_memory::bitmap::AtomicBitmap>;
+
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// A level or edge interrupt line into the guest (an irqfd in the machine, a counter in tests).

@@ -328,9 +328,10 @@ impl Qmp {
                 }
             }
         };
-        stream
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .unwrap();
+        // A test may wait here for an event that follows a whole guest boot (20-55 s on
+        // the emulated KVM of these machines, more with two guests booting at once), so
+        // the wait is a boot's, not a round trip's.
+        stream.set_read_timeout(Some(BOOT_TIMEOUT)).unwrap();
         let reader = std::io::BufReader::new(stream.try_clone().unwrap());
         let mut q = Qmp {
             stream,

@@ -13,8 +13,10 @@ use std::os::fd::FromRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Arc;
 
+use devices::GuestMemoryMmap;
+use vm_memory::bitmap::{AtomicBitmap, NewBitmap};
 use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::{FileOffset, GuestAddress, GuestRegionMmap};
 
 use crate::cmdline::objects::{MemoryBackend, MemoryKind};
 use crate::cmdline::MACHINE_TYPE;
@@ -141,7 +143,7 @@ impl RamBacking {
         let mut offset = 0u64;
         let mut regions = Vec::with_capacity(ranges.len());
         for &(gpa, len) in ranges {
-            let mut b = MmapRegionBuilder::new(len)
+            let mut b = MmapRegionBuilder::new_with_bitmap(len, AtomicBitmap::with_len(len))
                 .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
                 .with_mmap_flags(flags);
             if let Some(f) = &self.file {

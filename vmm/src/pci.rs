@@ -20,10 +20,10 @@ use devices::virtio::console::{ConsoleConfig, ConsoleEvents, PortConfig, VirtioC
 use devices::virtio::net::{NetConfig, NetEvents, VirtioNet};
 use devices::virtio::pci::VirtioPciDevice;
 use devices::virtio::{ActivateError, DeviceError, VirtioDevice, VirtioInterrupt};
+use devices::GuestMemoryMmap;
 use devices::{Bus, Interrupt};
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::chardev::Chardev;

@@ -16,12 +16,13 @@ use devices::legacy::i8042::I8042Device;
 use devices::legacy::pvpanic::Pvpanic;
 use devices::legacy::rtc::{CmosRtc, RtcConfig};
 use devices::legacy::serial::SerialDevice;
+use devices::GuestMemoryMmap;
 use devices::{Bus, ExitRequests, Interrupt, SharedDevice};
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Kvm, VmFd};
-use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::chardev::Chardev;

@@ -10,6 +10,7 @@ use std::path::Path;
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::{BzImage, KernelLoader};
+use vm_memory::bitmap::Bitmap;
 use vm_memory::{
     Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap,
     GuestMemoryRegion,
@@ -51,7 +52,7 @@ pub struct E820Entry {
 
 /// The memory map for `mem`: conventional memory below the EBDA, the EBDA and BIOS area
 /// reserved (MP and ACPI tables live there), then RAM from 1 MiB in each region.
-pub fn e820_map(mem: &GuestMemoryMmap) -> Vec<E820Entry> {
+pub fn e820_map<B: Bitmap>(mem: &GuestMemoryMmap<B>) -> Vec<E820Entry> {
     let mut v = vec![
         E820Entry {
             addr: 0,
@@ -90,7 +91,10 @@ pub struct LoadedKernel {
 
 /// Loads the kernel image at `path`: an ELF with a PVH note boots through PVH, an ELF
 /// without one through its 64-bit entry point, a bzImage through the 64-bit protocol.
-pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, BootError> {
+pub fn load_kernel<B: Bitmap>(
+    mem: &GuestMemoryMmap<B>,
+    path: &Path,
+) -> Result<LoadedKernel, BootError> {
     let p = path.display().to_string();
     let mut f = File::open(path).map_err(|err| BootError::KernelOpen {
         path: p.clone(),
@@ -144,8 +148,8 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
 
 /// Loads the initrd at the top of low memory (below the 32-bit MMIO hole and `max_addr`),
 /// page aligned, above the kernel. Returns (address, size).
-pub fn load_initrd(
-    mem: &GuestMemoryMmap,
+pub fn load_initrd<B: Bitmap>(
+    mem: &GuestMemoryMmap<B>,
     path: &Path,
     kernel_end: u64,
     max_addr: u64,
@@ -193,7 +197,11 @@ pub fn load_initrd(
 }
 
 /// Writes the NUL-terminated command line at `layout::CMDLINE_ADDR`.
-pub fn write_cmdline(mem: &GuestMemoryMmap, cmdline: &str, max: usize) -> Result<(), BootError> {
+pub fn write_cmdline<B: Bitmap>(
+    mem: &GuestMemoryMmap<B>,
+    cmdline: &str,
+    max: usize,
+) -> Result<(), BootError> {
     if cmdline.as_bytes().contains(&0) {
         return Err(BootError::CmdlineNul);
     }
@@ -263,8 +271,8 @@ const _: () = assert!(PVH_MODLIST_ADDR + 32 <= layout::ZERO_PAGE_ADDR);
 
 /// Writes `hvm_start_info` with the memory map, command line, initrd and RSDP.
 /// Returns its address, for EBX.
-pub fn write_pvh_info(
-    mem: &GuestMemoryMmap,
+pub fn write_pvh_info<B: Bitmap>(
+    mem: &GuestMemoryMmap<B>,
     e820: &[E820Entry],
     initrd: Option<(u64, u64)>,
     rsdp: Option<u64>,
@@ -317,8 +325,8 @@ const KERNEL_MIN_ALIGNMENT_BYTES: u32 = 0x0100_0000;
 const E820_MAX_ENTRIES_ZEROPAGE: usize = 128;
 
 /// Writes `boot_params` (the zero page) for the 64-bit boot protocol. Returns its address, for RSI.
-pub fn write_zero_page(
-    mem: &GuestMemoryMmap,
+pub fn write_zero_page<B: Bitmap>(
+    mem: &GuestMemoryMmap<B>,
     k: &LoadedKernel,
     cmdline_len: usize,
     e820: &[E820Entry],

@@ -5,6 +5,7 @@
 use kvm_bindings::{
     kvm_fpu, kvm_lapic_state, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, Msrs,
 };
+use vm_memory::bitmap::Bitmap;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::layout;
@@ -147,7 +148,10 @@ pub fn boot_regs(proto: BootProtocol, entry: u64, boot_info: u64) -> kvm_regs {
 
 /// Writes the GDT and an empty IDT, and for 64-bit entry identity page tables for the
 /// first 4 GiB (2 MiB pages), which covers the kernel and its boot structures.
-pub fn write_boot_structures(mem: &GuestMemoryMmap, proto: BootProtocol) -> Result<(), RegsError> {
+pub fn write_boot_structures<B: Bitmap>(
+    mem: &GuestMemoryMmap<B>,
+    proto: BootProtocol,
+) -> Result<(), RegsError> {
     for (i, e) in gdt(proto).iter().enumerate() {
         mem.write_obj(*e, GuestAddress(layout::GDT_ADDR + 8 * i as u64))?;
     }

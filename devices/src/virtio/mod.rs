@@ -20,8 +20,8 @@ mod queue_util;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
+use crate::GuestMemoryMmap;
 use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
 
 /// Virtio device ids (virtio 1.2, 5).
 pub const TYPE_NET: u32 = 1;

@@ -1,8 +1,8 @@
 //! Queue handling shared by the virtio device models: taking the next chain and telling
 //! the driver about used buffers, with virtio-queue's errors mapped to `DeviceError`.
 
+use crate::GuestMemoryMmap;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryMmap;
 
 use super::{DeviceError, VirtioInterrupt};
 

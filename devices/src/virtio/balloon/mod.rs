@@ -36,9 +36,9 @@ pub use stats::{BalloonStats, STAT_COUNT, STAT_NAMES};
 
 use std::sync::Arc;
 
+use crate::GuestMemoryMmap;
 use serde::{Deserialize, Serialize};
 use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
 
 use super::queue_util::read_config_bytes;
 use super::{

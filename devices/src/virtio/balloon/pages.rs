@@ -8,8 +8,9 @@
 use std::io::Read;
 use std::sync::OnceLock;
 
+use crate::GuestMemoryMmap;
 use virtio_queue::{QueueT, Reader};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use super::{queue_of, VirtioBalloon, BALLOON_PAGE_SIZE, VIRTIO_BALLOON_PFN_SHIFT};
 use crate::virtio::queue_util::{pop, queue_err, signal};
@@ -107,7 +108,7 @@ impl VirtioBalloon {
 /// discard error.
 pub(super) fn apply_pfns(
     mem: &GuestMemoryMmap,
-    r: &mut Reader<'_>,
+    r: &mut Reader<'_, crate::GuestBitmapSlice<'_>>,
     inflate: bool,
 ) -> (u64, Option<std::io::Error>) {
     let mut buf = [0u8; PFN_CHUNK];

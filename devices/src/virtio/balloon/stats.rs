@@ -186,7 +186,10 @@ impl VirtioBalloon {
 
 /// Records {le16 tag, le64 value} entries; unknown tags and a truncated tail are
 /// ignored.
-pub(super) fn parse_stats(r: &mut Reader<'_>, values: &mut [i64; STAT_COUNT]) {
+pub(super) fn parse_stats(
+    r: &mut Reader<'_, crate::GuestBitmapSlice<'_>>,
+    values: &mut [i64; STAT_COUNT],
+) {
     let mut e = [0u8; STAT_ENTRY_LEN];
     for _ in 0..MAX_STAT_ENTRIES {
         if r.available_bytes() < STAT_ENTRY_LEN || r.read_exact(&mut e).is_err() {

@@ -8,9 +8,10 @@
 
 use std::io;
 
+use crate::GuestMemoryMmap;
 use block::{IoBuffers, OpKind};
 use virtio_queue::QueueT;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::errors::{strerror, BlockIoError, IoErrorAction, IoOperation};
 use super::request::{parse, Parsed, ReqOp};
@@ -142,7 +143,11 @@ impl VirtioBlock {
         self.next_id = self.next_id.wrapping_add(1);
         let submitted = match &op {
             ReqOp::Read { offset, data, .. } | ReqOp::Write { offset, data, .. } => {
-                let bufs = match IoBuffers::from_guest(&active.mem, data) {
+                let bufs = match IoBuffers::from_guest(
+                    &active.mem,
+                    data,
+                    matches!(op, ReqOp::Read { .. }),
+                ) {
                     Ok(b) => b,
                     Err(e) => {
                         let kind = match op {

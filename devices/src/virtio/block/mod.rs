@@ -48,9 +48,9 @@ use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
+use crate::GuestMemoryMmap;
 use block::{RawImage, StatsHandle, SECTOR_SIZE};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
 
 use super::queue_util::read_config_bytes;
 use config::{build_config, CONFIG_LEN};

@@ -6,9 +6,10 @@
 //! GET_ID data); every guest address it returns was checked to lie in guest memory.
 //! Nothing a guest puts in a chain panics here.
 
+use crate::GuestMemoryMmap;
 use block::{OpKind, SECTOR_SIZE};
 use virtio_queue::DescriptorChain;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::config::{
     MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, MAX_WRITE_ZEROES_SECTORS, MAX_WRITE_ZEROES_SEG,

@@ -27,8 +27,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io::{Read, Write};
 use std::sync::Arc;
 
+use crate::GuestMemoryMmap;
 use virtio_queue::{Queue, QueueT, Reader, Writer};
-use vm_memory::GuestMemoryMmap;
 
 use super::{
     ActivateError, DeviceError, VirtioDevice, VirtioInterrupt, TYPE_CONSOLE, VIRTIO_F_VERSION_1,

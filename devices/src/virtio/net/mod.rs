@@ -54,9 +54,9 @@ use filter::RxFilter;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
+use crate::GuestMemoryMmap;
 use net::{NetBackend, Offloads, MAX_FRAME_LEN, VNET_HDR_LEN, VNET_HDR_LEN_LEGACY};
 use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
 
 use super::{
     ActivateError, DeviceError, VirtioDevice, VirtioInterrupt, TYPE_NET,

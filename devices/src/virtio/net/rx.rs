@@ -8,9 +8,9 @@
 
 use std::io::{self, Write};
 
+use crate::GuestMemoryMmap;
 use net::VNET_HDR_LEN;
 use virtio_queue::{Queue, QueueT, Writer};
-use vm_memory::GuestMemoryMmap;
 
 use super::config::VIRTIO_NET_F_MRG_RXBUF;
 use super::{Active, VirtioNet, RX_QUEUE};
@@ -99,7 +99,7 @@ fn deliver(
     hdr_len: usize,
     mergeable: bool,
 ) -> Result<Delivery, DeviceError> {
-    let mut writers: Vec<(u16, Writer<'_>)> = Vec::new();
+    let mut writers: Vec<(u16, Writer<'_, crate::GuestBitmapSlice<'_>>)> = Vec::new();
     let mut bad: Vec<u16> = Vec::new();
     let mut room = 0usize;
     let mut popped: u16 = 0;

@@ -62,7 +62,7 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use vm_memory::GuestMemoryMmap;
+use crate::GuestMemoryMmap;
 
 use super::{
     VirtioDevice, VirtioInterrupt, STATUS_NEEDS_RESET, TYPE_BALLOON, TYPE_BLOCK, TYPE_CONSOLE,

@@ -136,7 +136,7 @@ fn rig() -> Rig {
         config: (0..16).collect(),
         ..Default::default()
     }));
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
     let msi = Arc::new(Recorder::default());
     let intx = Arc::new(Line::default());
     let dev = VirtioPciDevice::new(
