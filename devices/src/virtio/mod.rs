@@ -21,7 +21,13 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use crate::GuestMemoryMmap;
+use serde::{Deserialize, Serialize};
 use virtio_queue::Queue;
+
+pub use balloon::BalloonState;
+pub use block::BlockState;
+pub use console::{ConsolePortState, ConsoleState};
+pub use net::NetState;
 
 /// Virtio device ids (virtio 1.2, 5).
 pub const TYPE_NET: u32 = 1;
@@ -69,6 +75,28 @@ pub enum DeviceError {
     Backend(String),
 }
 
+/// A device model's own guest-visible state, for migration: what the driver negotiated
+/// and programmed beyond the transport's registers. Host-side resources (images, taps,
+/// chardevs) are not in it; the destination opens its own from its command line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum VirtioDeviceState {
+    Balloon(BalloonState),
+    Block(BlockState),
+    Net(NetState),
+    Console(ConsoleState),
+}
+
+/// The device a state is for, in errors.
+pub(crate) fn state_kind(s: &VirtioDeviceState) -> &'static str {
+    match s {
+        VirtioDeviceState::Balloon(_) => "virtio-balloon",
+        VirtioDeviceState::Block(_) => "virtio-blk",
+        VirtioDeviceState::Net(_) => "virtio-net",
+        VirtioDeviceState::Console(_) => "virtio-console",
+    }
+}
+
 /// A virtio device model.
 pub trait VirtioDevice: Send {
     fn device_type(&self) -> u32;
@@ -100,5 +128,28 @@ pub trait VirtioDevice: Send {
     fn process_event(&mut self, token: u32) -> Result<(), DeviceError> {
         let _ = token;
         Ok(())
+    }
+    /// The queues the device serves since `activate` (empty while it is not active),
+    /// so the transport can save how far each one got.
+    fn active_queues(&self) -> &[Queue] {
+        &[]
+    }
+    /// The device's own state for migration. Fails for a device model that has none, or
+    /// that cannot be saved right now (e.g. requests still in flight).
+    fn save_state(&self) -> Result<VirtioDeviceState, String> {
+        Err(format!(
+            "virtio device type {} cannot be migrated",
+            self.device_type()
+        ))
+    }
+    /// Loads state saved by [`Self::save_state`] into a device that is not active yet
+    /// (the transport activates it afterwards when the driver had). Refuses state that
+    /// is for another device type or that this device could not have reached.
+    fn restore_state(&mut self, state: &VirtioDeviceState) -> Result<(), String> {
+        let _ = state;
+        Err(format!(
+            "virtio device type {} cannot be migrated",
+            self.device_type()
+        ))
     }
 }

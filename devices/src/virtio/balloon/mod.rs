@@ -41,8 +41,10 @@ use serde::{Deserialize, Serialize};
 use virtio_queue::Queue;
 
 use super::queue_util::read_config_bytes;
+use super::state_kind;
 use super::{
-    ActivateError, DeviceError, VirtioDevice, VirtioInterrupt, TYPE_BALLOON, VIRTIO_F_VERSION_1,
+    ActivateError, DeviceError, VirtioDevice, VirtioDeviceState, VirtioInterrupt, TYPE_BALLOON,
+    VIRTIO_F_VERSION_1,
 };
 
 use crate::timer::{GuestClock, Timer};
@@ -388,6 +390,21 @@ impl VirtioDevice for VirtioBalloon {
             Some(QueueRole::Stats) => self.process_stats(index),
             Some(QueueRole::Reporting) => self.process_reports(index),
             None => Ok(()),
+        }
+    }
+
+    fn active_queues(&self) -> &[Queue] {
+        self.active.as_ref().map_or(&[], |a| &a.queues)
+    }
+
+    fn save_state(&self) -> Result<VirtioDeviceState, String> {
+        Ok(VirtioDeviceState::Balloon(self.state()))
+    }
+
+    fn restore_state(&mut self, state: &VirtioDeviceState) -> Result<(), String> {
+        match state {
+            VirtioDeviceState::Balloon(s) => self.restore(s).map_err(|e| e.to_string()),
+            other => Err(format!("{} state for a virtio-balloon", state_kind(other))),
         }
     }
 }

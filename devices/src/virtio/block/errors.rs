@@ -131,4 +131,6 @@ pub enum VirtioBlockError {
     QueueSize(u16),
     #[error("unknown error policy '{0}': expected report, ignore, stop or enospc")]
     ErrorPolicy(String),
+    #[error("invalid virtio-blk state: {0}")]
+    InvalidState(String),
 }

@@ -57,8 +57,8 @@ use config::{build_config, CONFIG_LEN};
 use engine::Request;
 
 use super::{
-    ActivateError, DeviceError, VirtioDevice, VirtioInterrupt, TYPE_BLOCK, VIRTIO_F_RING_EVENT_IDX,
-    VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1,
+    state_kind, ActivateError, DeviceError, VirtioDevice, VirtioDeviceState, VirtioInterrupt,
+    TYPE_BLOCK, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1,
 };
 
 /// Request types (5.2.6).
@@ -84,6 +84,15 @@ pub const VIRTIO_BLK_ID_BYTES: usize = 20;
 pub const COMPLETION_TOKEN: u32 = 0;
 
 pub const DEFAULT_QUEUE_SIZE: u16 = 256;
+
+/// The guest-visible state of a virtio-blk device, for migration. The config space has
+/// nothing the driver can write (no CONFIG_WCE), and the queues are the transport's, so
+/// the negotiated features are all of it. Saved only with no request in flight or held:
+/// a popped request's chain cannot be rebuilt from its head on the destination.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BlockState {
+    pub acked_features: u64,
+}
 
 /// What the driver handed over at DRIVER_OK.
 struct Active {
@@ -197,6 +206,48 @@ impl VirtioBlock {
     pub fn inflight_requests(&self) -> usize {
         self.inflight.len()
     }
+
+    /// Waits for the requests in flight and completes them (status, used ring,
+    /// interrupt), so [`Self::state`] can be taken: the machine calls it once the vCPUs
+    /// are paused for migration.
+    pub fn quiesce(&mut self) -> Result<(), DeviceError> {
+        self.disk
+            .drain()
+            .map_err(|e| DeviceError::Backend(format!("{}: draining: {e}", self.cfg.id)))?;
+        self.process_event(COMPLETION_TOKEN)
+    }
+
+    /// The state to migrate; fails while requests are in flight or held by a `stop`
+    /// error policy (see [`BlockState`]).
+    pub fn state(&self) -> Result<BlockState, VirtioBlockError> {
+        if !self.inflight.is_empty() || !self.held.is_empty() {
+            return Err(VirtioBlockError::InvalidState(format!(
+                "{} requests in flight and {} held after an error; quiesce (or resume) first",
+                self.inflight.len(),
+                self.held.len()
+            )));
+        }
+        Ok(BlockState {
+            acked_features: self.acked_features,
+        })
+    }
+
+    /// Loads saved state into a device that is not active yet.
+    pub fn restore(&mut self, state: &BlockState) -> Result<(), VirtioBlockError> {
+        if self.active.is_some() {
+            return Err(VirtioBlockError::InvalidState(
+                "restore into a device the driver already started".into(),
+            ));
+        }
+        let extra = state.acked_features & !self.avail_features;
+        if extra != 0 {
+            return Err(VirtioBlockError::InvalidState(format!(
+                "acked features {extra:#x} are not offered by this device"
+            )));
+        }
+        self.acked_features = state.acked_features;
+        Ok(())
+    }
 }
 
 impl VirtioDevice for VirtioBlock {
@@ -294,6 +345,23 @@ impl VirtioDevice for VirtioBlock {
         let result = self.complete_on(&mut active);
         self.active = Some(active);
         result
+    }
+
+    fn active_queues(&self) -> &[Queue] {
+        self.active.as_ref().map_or(&[], |a| &a.queues)
+    }
+
+    fn save_state(&self) -> Result<VirtioDeviceState, String> {
+        self.state()
+            .map(VirtioDeviceState::Block)
+            .map_err(|e| e.to_string())
+    }
+
+    fn restore_state(&mut self, state: &VirtioDeviceState) -> Result<(), String> {
+        match state {
+            VirtioDeviceState::Block(s) => self.restore(s).map_err(|e| e.to_string()),
+            other => Err(format!("{} state for a virtio-blk", state_kind(other))),
+        }
     }
 }
 

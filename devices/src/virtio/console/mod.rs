@@ -21,7 +21,7 @@
 
 mod control;
 
-use control::control_msg;
+use control::{control_msg, CONTROL_HDR_LEN};
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{Read, Write};
@@ -31,7 +31,8 @@ use crate::GuestMemoryMmap;
 use virtio_queue::{Queue, QueueT, Reader, Writer};
 
 use super::{
-    ActivateError, DeviceError, VirtioDevice, VirtioInterrupt, TYPE_CONSOLE, VIRTIO_F_VERSION_1,
+    state_kind, ActivateError, DeviceError, VirtioDevice, VirtioDeviceState, VirtioInterrupt,
+    TYPE_CONSOLE, VIRTIO_F_VERSION_1,
 };
 
 pub const VIRTIO_CONSOLE_F_SIZE: u64 = 1 << 0;
@@ -140,6 +141,35 @@ impl Default for ConsoleConfig {
         }
     }
 }
+
+/// One port as the guest set it up, for migration.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConsolePortState {
+    pub nr: u32,
+    /// The guest has the port open (PORT_OPEN).
+    pub guest_connected: bool,
+    /// The guest driver set the port up (PORT_READY).
+    pub guest_ready: bool,
+}
+
+/// The guest-visible state of a virtio-serial device, for migration: negotiated
+/// features, the MULTIPORT handshake (DEVICE_READY, each port's PORT_READY and
+/// PORT_OPEN), and the control messages not yet delivered to the guest. Host input
+/// buffered for a port is not in it (it belongs to the source's chardev).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConsoleState {
+    pub acked_features: u64,
+    /// The driver sent DEVICE_READY.
+    pub driver_ready: bool,
+    /// Every port of the bus, by number; the destination must have the same ports.
+    pub ports: Vec<ConsolePortState>,
+    /// Control messages queued for the guest, oldest first.
+    pub control_out: Vec<Vec<u8>>,
+}
+
+/// Control messages to the guest a restored state may hold: one per port event at most
+/// a few times over, far below this.
+const MAX_RESTORED_CONTROL: usize = 4 * MAX_PORTS_LIMIT as usize + 16;
 
 struct Port {
     name: Option<String>,
@@ -339,6 +369,66 @@ impl VirtioConsole {
             ));
             self.flush_control()?;
         }
+        Ok(())
+    }
+
+    /// The state to migrate (see [`ConsoleState`]).
+    pub fn state(&self) -> ConsoleState {
+        ConsoleState {
+            acked_features: self.acked_features,
+            driver_ready: self.driver_ready,
+            ports: self
+                .ports
+                .iter()
+                .map(|(&nr, p)| ConsolePortState {
+                    nr,
+                    guest_connected: p.guest_connected,
+                    guest_ready: p.guest_ready,
+                })
+                .collect(),
+            control_out: self.control_out.iter().cloned().collect(),
+        }
+    }
+
+    /// Loads saved state into a device that is not active yet, built with the same
+    /// ports (and any hot-plugged since added back).
+    pub fn restore(&mut self, s: &ConsoleState) -> Result<(), String> {
+        let bad = |why: String| Err(format!("invalid virtio-console state: {why}"));
+        if self.active.is_some() {
+            return bad("restore into a device the driver already started".into());
+        }
+        let extra = s.acked_features & !self.features();
+        if extra != 0 {
+            return bad(format!(
+                "acked features {extra:#x} are not offered by this device"
+            ));
+        }
+        let saved: Vec<u32> = s.ports.iter().map(|p| p.nr).collect();
+        if saved != self.ports() {
+            return bad(format!(
+                "ports {saved:?}; this device has ports {:?}",
+                self.ports()
+            ));
+        }
+        if s.control_out.len() > MAX_RESTORED_CONTROL {
+            return bad(format!("{} control messages queued", s.control_out.len()));
+        }
+        if let Some(m) = s
+            .control_out
+            .iter()
+            .find(|m| m.len() < CONTROL_HDR_LEN || m.len() > MAX_OUTPUT_CHUNK)
+        {
+            return bad(format!("a {}-byte control message", m.len()));
+        }
+        self.acked_features = s.acked_features;
+        self.driver_ready = s.driver_ready;
+        for p in &s.ports {
+            if let Some(port) = self.ports.get_mut(&p.nr) {
+                port.guest_connected = p.guest_connected;
+                port.guest_ready = p.guest_ready;
+            }
+        }
+        self.control_out = s.control_out.iter().cloned().collect();
         Ok(())
     }
 
@@ -547,6 +637,21 @@ impl VirtioDevice for VirtioConsole {
             QueueRole::ControlTx => self.process_control(),
             QueueRole::PortRx(nr) => self.flush_input(nr),
             QueueRole::PortTx(nr) => self.process_output(nr),
+        }
+    }
+
+    fn active_queues(&self) -> &[Queue] {
+        self.active.as_ref().map_or(&[], |a| &a.queues)
+    }
+
+    fn save_state(&self) -> Result<VirtioDeviceState, String> {
+        Ok(VirtioDeviceState::Console(self.state()))
+    }
+
+    fn restore_state(&mut self, state: &VirtioDeviceState) -> Result<(), String> {
+        match state {
+            VirtioDeviceState::Console(s) => self.restore(s),
+            other => Err(format!("{} state for a virtio-console", state_kind(other))),
         }
     }
 }

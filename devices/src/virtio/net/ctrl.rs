@@ -183,7 +183,10 @@ impl VirtioNet {
             return false;
         }
         match self.backend.set_offloads(guest_offloads(bits)) {
-            Ok(()) => true,
+            Ok(()) => {
+                self.offloads = bits;
+                true
+            }
             Err(e) => {
                 log::warn!("{}: cannot change offloads: {e}", self.name);
                 false

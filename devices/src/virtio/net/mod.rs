@@ -48,8 +48,8 @@ pub use config::{
 
 pub use filter::{format_mac, RxFilterInfo, RxState, MAC_TABLE_ENTRIES};
 
-use config::guest_offloads;
-use filter::RxFilter;
+use config::{guest_offloads, GUEST_OFFLOAD_FEATURES};
+use filter::{RxFilter, MAX_VLAN};
 
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -59,8 +59,8 @@ use net::{NetBackend, Offloads, MAX_FRAME_LEN, VNET_HDR_LEN, VNET_HDR_LEN_LEGACY
 use virtio_queue::Queue;
 
 use super::{
-    ActivateError, DeviceError, VirtioDevice, VirtioInterrupt, TYPE_NET,
-    VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1,
+    state_kind, ActivateError, DeviceError, VirtioDevice, VirtioDeviceState, VirtioInterrupt,
+    TYPE_NET, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1,
 };
 
 /// Config space `status` bits.
@@ -92,6 +92,32 @@ pub struct NetConfig {
     pub mac: [u8; 6],
 }
 
+/// The guest-visible state of a virtio-net device, for migration: the negotiated
+/// features, the receive filter the driver programmed through the control queue, the
+/// guest offloads it set, and the link state. A frame read from the backend but not
+/// yet delivered is not in it (the destination's backend is its own).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NetState {
+    pub acked_features: u64,
+    /// The guest's current MAC (MAC_ADDR_SET), shown in the config space.
+    pub mac: [u8; 6],
+    pub link_up: bool,
+    /// Guest receive offloads in force (feature bits; CTRL_GUEST_OFFLOADS_SET).
+    pub guest_offloads: u64,
+    pub promisc: bool,
+    pub allmulti: bool,
+    pub alluni: bool,
+    pub nomulti: bool,
+    pub nouni: bool,
+    pub nobcast: bool,
+    pub unicast: Vec<[u8; 6]>,
+    pub multicast: Vec<[u8; 6]>,
+    pub uni_overflow: bool,
+    pub multi_overflow: bool,
+    /// One bit per VLAN id, 4096 bits.
+    pub vlans: Vec<u32>,
+}
+
 struct Active {
     mem: GuestMemoryMmap,
     interrupt: Arc<dyn VirtioInterrupt>,
@@ -109,6 +135,8 @@ pub struct VirtioNet {
     events: Arc<dyn NetEvents>,
     avail_features: u64,
     acked_features: u64,
+    /// Guest receive offloads in force: the acked ones, then what the driver set.
+    offloads: u64,
     link_up: bool,
     filter: RxFilter,
     /// QEMU's rxfilter_notify_enabled.
@@ -166,6 +194,7 @@ impl VirtioNet {
             events,
             avail_features: f,
             acked_features: 0,
+            offloads: 0,
             link_up: true,
             filter: RxFilter::new(config.mac),
             notify_enabled: true,
@@ -184,6 +213,78 @@ impl VirtioNet {
 
     pub fn link_up(&self) -> bool {
         self.link_up
+    }
+
+    /// The state to migrate (see [`NetState`]).
+    pub fn state(&self) -> NetState {
+        let f = &self.filter;
+        NetState {
+            acked_features: self.acked_features,
+            mac: f.mac,
+            link_up: self.link_up,
+            guest_offloads: self.offloads,
+            promisc: f.promisc,
+            allmulti: f.allmulti,
+            alluni: f.alluni,
+            nomulti: f.nomulti,
+            nouni: f.nouni,
+            nobcast: f.nobcast,
+            unicast: f.unicast.clone(),
+            multicast: f.multicast.clone(),
+            uni_overflow: f.uni_overflow,
+            multi_overflow: f.multi_overflow,
+            vlans: f.vlans.clone(),
+        }
+    }
+
+    /// Loads saved state into a device that is not active yet; the backend gets the
+    /// offloads when the transport activates the device.
+    pub fn restore(&mut self, s: &NetState) -> Result<(), String> {
+        let bad = |why: String| Err(format!("invalid virtio-net state: {why}"));
+        if self.active.is_some() {
+            return bad("restore into a device the driver already started".into());
+        }
+        let extra = s.acked_features & !self.avail_features;
+        if extra != 0 {
+            return bad(format!(
+                "acked features {extra:#x} are not offered by this device"
+            ));
+        }
+        let extra = s.guest_offloads & !(s.acked_features & GUEST_OFFLOAD_FEATURES);
+        if extra != 0 {
+            return bad(format!("guest offloads {extra:#x} were not negotiated"));
+        }
+        if s.unicast.len() + s.multicast.len() > MAC_TABLE_ENTRIES {
+            return bad(format!(
+                "{} MAC table entries; the table holds {MAC_TABLE_ENTRIES}",
+                s.unicast.len() + s.multicast.len()
+            ));
+        }
+        if s.vlans.len() != MAX_VLAN / 32 {
+            return bad(format!(
+                "VLAN table of {} words; expected {}",
+                s.vlans.len(),
+                MAX_VLAN / 32
+            ));
+        }
+        self.acked_features = s.acked_features;
+        self.offloads = s.guest_offloads;
+        self.link_up = s.link_up;
+        self.filter = RxFilter {
+            mac: s.mac,
+            promisc: s.promisc,
+            allmulti: s.allmulti,
+            alluni: s.alluni,
+            nomulti: s.nomulti,
+            nouni: s.nouni,
+            nobcast: s.nobcast,
+            unicast: s.unicast.clone(),
+            multicast: s.multicast.clone(),
+            uni_overflow: s.uni_overflow,
+            multi_overflow: s.multi_overflow,
+            vlans: s.vlans.clone(),
+        };
+        Ok(())
     }
 
     /// QMP `set_link`: the status field follows, the driver gets a config interrupt, and
@@ -224,6 +325,14 @@ impl VirtioDevice for VirtioNet {
 
     fn ack_features(&mut self, features: u64) {
         self.acked_features = features & self.avail_features;
+        self.offloads = self.acked_features & GUEST_OFFLOAD_FEATURES;
+        // Without VLAN filtering every VLAN passes; with it, none until the guest adds it.
+        let fill = if self.has(VIRTIO_NET_F_CTRL_VLAN) {
+            0
+        } else {
+            u32::MAX
+        };
+        self.filter.vlans.fill(fill);
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -261,15 +370,8 @@ impl VirtioDevice for VirtioNet {
             .set_vnet_hdr_len(self.hdr_len)
             .map_err(|e| ActivateError::Failed(format!("{}: {e}", self.name)))?;
         self.backend
-            .set_offloads(guest_offloads(self.acked_features))
+            .set_offloads(guest_offloads(self.offloads))
             .map_err(|e| ActivateError::Failed(format!("{}: setting offloads: {e}", self.name)))?;
-        // Without VLAN filtering every VLAN passes; with it, none until the guest adds it.
-        let fill = if self.has(VIRTIO_NET_F_CTRL_VLAN) {
-            0
-        } else {
-            u32::MAX
-        };
-        self.filter.vlans.fill(fill);
         self.rx_pending = None;
         self.active = Some(Active {
             mem,
@@ -282,6 +384,7 @@ impl VirtioDevice for VirtioNet {
     fn reset(&mut self) {
         self.active = None;
         self.acked_features = 0;
+        self.offloads = 0;
         self.rx_pending = None;
         self.filter = RxFilter::new(self.config_mac);
         if let Err(e) = self.backend.set_offloads(Offloads::NONE) {
@@ -310,6 +413,21 @@ impl VirtioDevice for VirtioNet {
             self.process_rx()
         } else {
             Ok(())
+        }
+    }
+
+    fn active_queues(&self) -> &[Queue] {
+        self.active.as_ref().map_or(&[], |a| &a.queues)
+    }
+
+    fn save_state(&self) -> Result<VirtioDeviceState, String> {
+        Ok(VirtioDeviceState::Net(self.state()))
+    }
+
+    fn restore_state(&mut self, state: &VirtioDeviceState) -> Result<(), String> {
+        match state {
+            VirtioDeviceState::Net(s) => self.restore(s),
+            other => Err(format!("{} state for a virtio-net", state_kind(other))),
         }
     }
 }
