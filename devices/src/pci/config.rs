@@ -119,6 +119,14 @@ pub struct PciHeader {
     pub interrupt_pin: u8,
 }
 
+/// What a guest (or firmware) wrote to a configuration space, for migration: the 256
+/// bytes as they read now. Only the bits the guest may change are taken on restore;
+/// the rest must match the destination's own, built from the same command line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PciConfigState {
+    pub bytes: Vec<u8>,
+}
+
 /// A type-0 configuration space. Plain data (serde), so migration can carry it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PciConfiguration {
@@ -397,6 +405,38 @@ impl PciConfiguration {
         for (i, b) in v.to_le_bytes().into_iter().enumerate() {
             self.write_u8(off + i, b);
         }
+    }
+
+    /// The registers to migrate (see [`PciConfigState`]).
+    pub fn state(&self) -> PciConfigState {
+        PciConfigState {
+            bytes: self.bytes.clone(),
+        }
+    }
+
+    /// Takes the guest-writable bits of `state` (BARs, command, interrupt line,
+    /// capability control words...). Refuses, changing nothing, a state of another
+    /// size or whose read-only bits differ from this function's (another device, or
+    /// another layout of capabilities).
+    pub fn restore(&mut self, state: &PciConfigState) -> Result<(), PciError> {
+        if state.bytes.len() != CONFIG_SPACE_SIZE {
+            return Err(PciError::ConfigState(format!(
+                "{} bytes, expected {CONFIG_SPACE_SIZE}",
+                state.bytes.len()
+            )));
+        }
+        let mismatch = (0..CONFIG_SPACE_SIZE).find(|&off| {
+            let ro = !(self.wmask[off] | self.w1cmask[off]);
+            (state.bytes[off] ^ self.bytes[off]) & ro != 0
+        });
+        if let Some(off) = mismatch {
+            return Err(PciError::ConfigState(format!(
+                "read-only byte {off:#x} is {:#04x}, this device has {:#04x}",
+                state.bytes[off], self.bytes[off]
+            )));
+        }
+        self.bytes.copy_from_slice(&state.bytes);
+        Ok(())
     }
 
     pub fn command(&self) -> u16 {

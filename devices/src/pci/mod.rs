@@ -33,7 +33,7 @@ pub use bus::{
     PciHostBridge, SharedPciDevice, ECAM_BUS_SIZE, HOST_BRIDGE_DEVICE_ID, HOST_BRIDGE_VENDOR_ID,
     PCI_CONFIG_IO_LEN, PCI_CONFIG_IO_PORT,
 };
-pub use config::{BarKind, BarSpec, PciBarInfo, PciConfiguration, PciHeader};
+pub use config::{BarKind, BarSpec, PciBarInfo, PciConfigState, PciConfiguration, PciHeader};
 pub use msix::{MsiMessage, MsiTrigger, Msix, MsixState};
 
 use serde::{Deserialize, Serialize};
@@ -66,6 +66,8 @@ pub enum PciError {
     CapabilitySpace { len: usize },
     #[error("{0} MSI-X vectors requested; a function has 1..=2048")]
     MsixVectors(u16),
+    #[error("the saved configuration space does not fit this device: {0}")]
+    ConfigState(String),
     #[error(
         "the PCI {kind:?} window has no free {size:#x}-byte block; use fewer or smaller devices"
     )]

@@ -88,6 +88,17 @@ pub struct MsixState {
     function_mask: bool,
 }
 
+impl MsixState {
+    /// The number of vectors, checked as [`Msix::restore`] checks it.
+    pub fn vectors(&self) -> Result<u16, PciError> {
+        let n = self.entries.len();
+        if n == 0 || n > usize::from(MSIX_MAX_VECTORS) || self.pending.len() != n {
+            return Err(PciError::MsixVectors(n.min(usize::from(u16::MAX)) as u16));
+        }
+        Ok(n as u16)
+    }
+}
+
 /// One function's MSI-X table, PBA and control bits.
 pub struct Msix {
     state: MsixState,

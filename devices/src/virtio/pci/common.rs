@@ -292,21 +292,25 @@ impl VirtioPciDevice {
     }
 
     pub(super) fn activate(&mut self) {
-        let result = self.build_queues().and_then(|queues| {
-            let interrupt: Arc<dyn VirtioInterrupt> = self.signals.clone();
-            self.device
-                .activate(self.mem.clone(), interrupt, queues)
-                .map_err(|e| e.to_string())
-        });
-        match result {
-            Ok(()) => {
-                self.activated = true;
-                if let Some(hook) = &self.activation_hook {
-                    hook(true);
-                }
-            }
-            Err(e) => self.needs_reset(&format!("activation failed: {e}")),
+        let result = self
+            .build_queues()
+            .and_then(|queues| self.start_device(queues));
+        if let Err(e) = result {
+            self.needs_reset(&format!("activation failed: {e}"));
         }
+    }
+
+    /// Hands the device its queues, guest memory and interrupt, and tells the machine.
+    pub(super) fn start_device(&mut self, queues: Vec<Queue>) -> Result<(), String> {
+        let interrupt: Arc<dyn VirtioInterrupt> = self.signals.clone();
+        self.device
+            .activate(self.mem.clone(), interrupt, queues)
+            .map_err(|e| e.to_string())?;
+        self.activated = true;
+        if let Some(hook) = &self.activation_hook {
+            hook(true);
+        }
+        Ok(())
     }
 
     /// Back to the state after power-on, except the MSI-X table and its control bits,

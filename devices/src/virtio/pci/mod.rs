@@ -33,7 +33,10 @@
 //! - `common`: the common configuration structure: feature negotiation, queue setup,
 //!   device status, activation and reset.
 //!
-//! Dependencies run one way: `layout` and `irq` use no sibling; `common` uses `irq`.
+//! - `state`: the migration state ([`VirtioPciState`]) and its restore.
+//!
+//! Dependencies run one way: `layout` and `irq` use no sibling; `common` uses `irq`;
+//! `state` uses `common` and `irq`.
 //! This file holds [`VirtioPciDevice`], its construction and the [`PciDevice`] impl
 //! that routes config-space and BAR accesses to the pieces.
 //!
@@ -44,6 +47,9 @@
 mod common;
 mod irq;
 mod layout;
+mod state;
+
+pub use state::{VirtioPciQueueState, VirtioPciState, VirtioPciStateError};
 
 pub use layout::{
     COMMON_CFG_OFFSET, DEVICE_CFG_OFFSET, ISR_CFG_OFFSET, MSIX_PBA_OFFSET, MSIX_TABLE_OFFSET,
