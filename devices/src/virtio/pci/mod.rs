@@ -48,6 +48,8 @@ mod common;
 mod irq;
 mod layout;
 mod state;
+#[cfg(test)]
+pub(crate) mod testutil;
 
 pub use state::{VirtioPciQueueState, VirtioPciState, VirtioPciStateError};
 

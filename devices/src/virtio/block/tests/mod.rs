@@ -360,3 +360,4 @@ impl Driver {
 
 mod errors;
 mod requests;
+mod state;
