@@ -150,3 +150,4 @@ fn mac_table(uni: &[[u8; 6]], multi: &[[u8; 6]]) -> Vec<u8> {
 mod ctrl;
 mod datapath;
 mod device;
+mod state;
