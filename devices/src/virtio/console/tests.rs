@@ -94,7 +94,7 @@ impl<'a> Driver<'a> {
         a
     }
 
-    fn activate(&self, dev: &mut VirtioConsole, irq: &Arc<Irq>, features: u64) {
+    fn activate(&self, dev: &mut dyn VirtioDevice, irq: &Arc<Irq>, features: u64) {
         dev.ack_features(features);
         let queues = self.vqs.iter().map(|v| v.queue()).collect();
         dev.activate(self.mem.clone(), irq.clone(), queues).unwrap();
@@ -125,7 +125,7 @@ impl<'a> Driver<'a> {
             .collect()
     }
 
-    fn send_control(&mut self, dev: &mut VirtioConsole, id: u32, event: u16, value: u16) {
+    fn send_control(&mut self, dev: &mut dyn VirtioDevice, id: u32, event: u16, value: u16) {
         let a = self.alloc(8);
         self.mem
             .write_slice(&control_msg(id, event, value, &[]), GuestAddress(a))
@@ -135,7 +135,7 @@ impl<'a> Driver<'a> {
     }
 
     /// The guest writes `data` on port `nr`.
-    fn write_port(&mut self, dev: &mut VirtioConsole, nr: u32, data: &[u8]) {
+    fn write_port(&mut self, dev: &mut dyn VirtioDevice, nr: u32, data: &[u8]) {
         let a = self.alloc(data.len() as u64);
         self.mem.write_slice(data, GuestAddress(a)).unwrap();
         let (_, tx) = port_queues(nr);
@@ -144,7 +144,7 @@ impl<'a> Driver<'a> {
     }
 
     /// The guest offers a receive buffer on port `nr`; returns its address.
-    fn offer_rx(&mut self, dev: &mut VirtioConsole, nr: u32, len: u32) -> u64 {
+    fn offer_rx(&mut self, dev: &mut dyn VirtioDevice, nr: u32, len: u32) -> u64 {
         let a = self.alloc(len.into());
         let (rx, _) = port_queues(nr);
         self.vqs[rx].add(&[(a, len, true)]);
@@ -154,7 +154,7 @@ impl<'a> Driver<'a> {
 
     /// Bringing the driver up as Linux does: DEVICE_READY, then PORT_READY for each
     /// added port.
-    fn handshake(&mut self, dev: &mut VirtioConsole) -> Vec<(u32, u16, u16, Vec<u8>)> {
+    fn handshake(&mut self, dev: &mut dyn VirtioDevice) -> Vec<(u32, u16, u16, Vec<u8>)> {
         self.offer_control_buffers(16);
         dev.process_queue(CONTROL_RX_QUEUE).unwrap();
         self.send_control(dev, 0, VIRTIO_CONSOLE_DEVICE_READY, 1);
@@ -509,3 +509,5 @@ fn malformed_requests_are_dropped() {
     // Unknown queue indices past the layout are harmless.
     dev.process_queue(1000).unwrap();
 }
+
+mod state;
