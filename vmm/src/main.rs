@@ -3,6 +3,7 @@
 mod chardev;
 mod cmdline;
 mod control;
+mod dirty_log;
 mod event_loop;
 mod fdpass;
 mod io_thread;

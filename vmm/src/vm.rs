@@ -18,11 +18,9 @@ use devices::legacy::rtc::{CmosRtc, RtcConfig};
 use devices::legacy::serial::SerialDevice;
 use devices::GuestMemoryMmap;
 use devices::{Bus, ExitRequests, Interrupt, SharedDevice};
-use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
-};
+use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
-use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{Address, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::chardev::Chardev;
@@ -155,19 +153,10 @@ impl Vm {
             size: cfg.mem_size,
             err,
         })?;
-        for (slot, r) in mem.iter().enumerate() {
-            let region = kvm_userspace_memory_region {
-                slot: slot as u32,
-                guest_phys_addr: r.start_addr().raw_value(),
-                memory_size: r.len(),
-                userspace_addr: r.as_ptr() as u64,
-                flags: 0,
-            };
-            // SAFETY: the mapping is owned by `mem`, which the Vm keeps alive longer than
-            // the VM fd (field order), and it does not overlap another slot.
-            unsafe { vm_fd.set_user_memory_region(region) }
-                .map_err(kop("registering guest memory"))?;
-        }
+        crate::dirty_log::register_slots(&vm_fd, &mem, false).map_err(|err| VmError::Memory {
+            size: cfg.mem_size,
+            err,
+        })?;
 
         vm_fd
             .set_tss_address(0xfffb_d000)
