@@ -156,4 +156,12 @@ impl PciDriver {
         assert_eq!(back, s);
         back
     }
+
+    /// Restores `state` into this freshly built transport and checks it is refused with
+    /// an error containing `why`, leaving the device inactive.
+    pub(crate) fn assert_refuses(mut self, state: &VirtioPciState, why: &str) {
+        let e = self.dev.restore(state).unwrap_err().to_string();
+        assert!(e.contains(why), "{e}");
+        assert!(!self.dev.is_activated());
+    }
 }

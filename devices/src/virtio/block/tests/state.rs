@@ -108,10 +108,7 @@ fn state_round_trips_through_the_transport() {
 
     // Corrupted states are refused, each with its reason.
     let refuse = |s: &crate::virtio::pci::VirtioPciState, why: &str| {
-        let mut d = PciDriver::new(disk_device(&file), &mem);
-        let e = d.dev.restore(s).unwrap_err().to_string();
-        assert!(e.contains(why), "{e}");
-        assert!(!d.dev.is_activated());
+        PciDriver::new(disk_device(&file), &mem).assert_refuses(s, why)
     };
     let mut bad = state.clone();
     bad.driver_features |= 1 << 40;

@@ -52,11 +52,7 @@ fn state_round_trips_through_the_transport() {
     assert_eq!(drv.vqs[CONTROL_TX_QUEUE].used().len(), 6);
 
     let refuse = |s: &VirtioPciState, why: &str| {
-        let (dev, _, _) = device();
-        let mut d = PciDriver::new(Box::new(dev), &mem);
-        let e = d.dev.restore(s).unwrap_err().to_string();
-        assert!(e.contains(why), "{e}");
-        assert!(!d.dev.is_activated());
+        PciDriver::new(Box::new(device().0), &mem).assert_refuses(s, why)
     };
     let with = |f: &dyn Fn(&mut ConsoleState)| {
         let mut s = state.clone();

@@ -161,11 +161,7 @@ fn state_round_trips_through_the_transport() {
     assert_eq!(cq.used().len(), 7);
 
     let refuse = |s: &crate::virtio::pci::VirtioPciState, why: &str| {
-        let (dev, _) = device(supported());
-        let mut d = PciDriver::new(Box::new(dev), &mem);
-        let e = d.dev.restore(s).unwrap_err().to_string();
-        assert!(e.contains(why), "{e}");
-        assert!(!d.dev.is_activated());
+        PciDriver::new(Box::new(device(supported()).0), &mem).assert_refuses(s, why)
     };
     let with_net = |f: &dyn Fn(&mut NetState)| {
         let mut s = state.clone();
