@@ -103,6 +103,12 @@ pub fn on_control(c: ControlEvent, machine: &mut Machine, mon: &mut Monitor) -> 
         },
         ControlEvent::Quit => return Some(0),
     };
+    apply(what, machine, mon)
+}
+
+/// Hands `what` to the monitor's runstate machine; `Some(status)` when the process must
+/// end. A refused transition is reported on stderr and changes nothing.
+pub fn apply(what: MachineEvent, machine: &mut Machine, mon: &mut Monitor) -> Option<i32> {
     match mon.handle(what, machine) {
         Ok(Some(status)) => Some(status),
         Ok(None) => machine.exit_requested(),

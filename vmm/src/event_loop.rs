@@ -144,12 +144,10 @@ impl MutEventSubscriber for Signals {
             eprintln!("kestrel: terminating on signal {sig}");
             let mut core = self.core.borrow_mut();
             let core = &mut *core;
-            match core.mon.handle(MachineEvent::HostSignal, &mut core.machine) {
-                Ok(Some(status)) => {
-                    core.exit.get_or_insert(status);
-                }
-                Ok(None) => {}
-                Err(e) => eprintln!("kestrel: {e}"),
+            let exit =
+                crate::control::apply(MachineEvent::HostSignal, &mut core.machine, &mut core.mon);
+            if let Some(status) = exit {
+                core.exit.get_or_insert(status);
             }
         }
     }
