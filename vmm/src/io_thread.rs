@@ -1,7 +1,7 @@
 //! The I/O thread of one boot: an `event-manager` loop with one subscriber per virtio
 //! device, over its queue notifications (KVM ioeventfds, so a queue kick never reaches
 //! a vCPU thread or the VMM's exit path) and its own host fds (io_uring completions, a
-//! tap turning readable), plus one for the stop eventfd. It is
+//! tap turning readable), on a [`Worker`] thread. It is
 //! owned by the `Vm`: a reset drops the Vm, which stops and joins this thread, so no
 //! device of an old boot is ever driven again.
 //!
@@ -10,13 +10,13 @@
 //! one `process_*` call; vCPUs take the same lock for register accesses.
 
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
-use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
+
+use crate::worker::{Subscribers, Worker};
 
 /// What the I/O thread needs of a device.
 pub trait IoDevice: Send {
@@ -46,9 +46,9 @@ pub struct StaticFd {
     pub owner: Option<EventFd>,
 }
 
+/// The running I/O thread; dropping it stops and joins the thread.
 pub struct IoThread {
-    stop: Arc<EventFd>,
-    handle: Option<JoinHandle<()>>,
+    _worker: Worker,
 }
 
 fn lock(d: &SharedIoDevice) -> std::sync::MutexGuard<'_, dyn IoDevice + 'static> {
@@ -62,24 +62,30 @@ impl IoThread {
         kicks: Vec<QueueKick>,
         statics: Vec<StaticFd>,
     ) -> std::io::Result<IoThread> {
-        let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
-        let s = stop.clone();
-        let handle = std::thread::Builder::new()
-            .name(name)
-            .spawn(move || run(devices, kicks, statics, s))?;
-        Ok(IoThread {
-            stop,
-            handle: Some(handle),
-        })
-    }
-}
-
-impl Drop for IoThread {
-    fn drop(&mut self) {
-        let _ = self.stop.write(1);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
+        let mut subs: Vec<DeviceSubscriber> = devices
+            .into_iter()
+            .map(|device| DeviceSubscriber {
+                device,
+                kicks: Vec::new(),
+                statics: Vec::new(),
+                own_fds_added: false,
+            })
+            .collect();
+        for k in kicks {
+            if let Some(s) = subs.get_mut(k.device) {
+                s.kicks.push((k.eventfd, k.queue));
+            }
         }
+        for st in statics {
+            if let Some(s) = subs.get_mut(st.device) {
+                s.statics.push(st);
+            }
+        }
+        let subs: Subscribers = subs
+            .into_iter()
+            .map(|s| Box::new(s) as Box<dyn MutEventSubscriber + Send>)
+            .collect();
+        Worker::spawn(&name, "virtio devices will not work", subs).map(|w| IoThread { _worker: w })
     }
 }
 
@@ -155,66 +161,6 @@ impl MutEventSubscriber for DeviceSubscriber {
                 lock(&self.device).process_event(s.token);
             }
             _ => lock(&self.device).process_event(data & TOKEN_MASK),
-        }
-    }
-}
-
-/// The stop eventfd: ends the loop.
-struct Stop {
-    fd: Arc<EventFd>,
-    stopped: Arc<AtomicBool>,
-}
-
-impl MutEventSubscriber for Stop {
-    fn init(&mut self, ops: &mut EventOps) {
-        let _ = ops.add(Events::new(self.fd.as_ref(), EventSet::IN));
-    }
-
-    fn process(&mut self, _: Events, _: &mut EventOps) {
-        self.stopped.store(true, Ordering::Release);
-    }
-}
-
-fn run(
-    devices: Vec<SharedIoDevice>,
-    kicks: Vec<QueueKick>,
-    statics: Vec<StaticFd>,
-    stop: Arc<EventFd>,
-) {
-    let Ok(mut em) = EventManager::<Box<dyn MutEventSubscriber>>::new() else {
-        eprintln!("kestrel: I/O thread: cannot create epoll; virtio devices will not work");
-        return;
-    };
-    let stopped = Arc::new(AtomicBool::new(false));
-    em.add_subscriber(Box::new(Stop {
-        fd: stop,
-        stopped: stopped.clone(),
-    }));
-    let mut subs: Vec<DeviceSubscriber> = devices
-        .into_iter()
-        .map(|device| DeviceSubscriber {
-            device,
-            kicks: Vec::new(),
-            statics: Vec::new(),
-            own_fds_added: false,
-        })
-        .collect();
-    for k in kicks {
-        if let Some(s) = subs.get_mut(k.device) {
-            s.kicks.push((k.eventfd, k.queue));
-        }
-    }
-    for st in statics {
-        if let Some(s) = subs.get_mut(st.device) {
-            s.statics.push(st);
-        }
-    }
-    for s in subs {
-        em.add_subscriber(Box::new(s));
-    }
-    while !stopped.load(Ordering::Acquire) {
-        if em.run().is_err() {
-            return;
         }
     }
 }

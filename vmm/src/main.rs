@@ -21,6 +21,7 @@ mod timers;
 mod vcpu;
 mod vm;
 mod vm_events;
+mod worker;
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

@@ -2,22 +2,22 @@
 //!
 //! [`VmClock`] is QEMU's virtual clock: guest nanoseconds since the boot was built,
 //! standing still while the vCPUs are stopped (it starts stopped, like the vCPUs, and
-//! `Vm::resume`/`Vm::pause` move it). Device models arm [`devices::timer::Timer`]s on it;
-//! each is a non-blocking timerfd, and one thread per boot runs an `event-manager`
-//! loop with a subscriber per timer that calls the owning model back. While the clock is stopped no timerfd is armed, and on
-//! resume every pending deadline is programmed again from the time left, so a guest
-//! stopped for an hour does not find its watchdog expired the instant it runs again.
+//! `Vm::resume`/`Vm::pause` move it). Device models arm [`devices::timer::Timer`]s on
+//! it; each is a non-blocking timerfd, and one thread per boot runs an `event-manager`
+//! loop with a subscriber per timer that calls the owning model back. While the clock
+//! is stopped no timerfd is armed, and on resume every pending deadline is programmed
+//! again from the time left, so a guest stopped for an hour does not find its watchdog
+//! expired the instant it runs again.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use devices::timer::{GuestClock, Timer};
-use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
-use std::sync::atomic::{AtomicBool, Ordering};
+use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::eventfd::EventFd;
+
+use crate::worker::{Subscribers, Worker};
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -220,22 +220,6 @@ impl MutEventSubscriber for TimerSub {
     }
 }
 
-/// The stop eventfd: ends the timer thread's loop.
-struct StopSub {
-    fd: Arc<EventFd>,
-    stopped: Arc<AtomicBool>,
-}
-
-impl MutEventSubscriber for StopSub {
-    fn init(&mut self, ops: &mut EventOps) {
-        let _ = ops.add(Events::new(self.fd.as_ref(), EventSet::IN));
-    }
-
-    fn process(&mut self, _: Events, _: &mut EventOps) {
-        self.stopped.store(true, Ordering::Release);
-    }
-}
-
 type Callback = Box<dyn FnMut() + Send>;
 
 /// The boot's timers: create them, hand each its callback, then `start`.
@@ -243,8 +227,7 @@ pub struct Timers {
     clock: Arc<VmClock>,
     slots: Vec<Arc<Slot>>,
     callbacks: Vec<Option<Callback>>,
-    stop: Option<Arc<EventFd>>,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<Worker>,
 }
 
 /// Which timer `Timers::timer` made, for `set_callback`.
@@ -257,7 +240,6 @@ impl Timers {
             clock: Arc::new(VmClock::new()),
             slots: Vec::new(),
             callbacks: Vec::new(),
-            stop: None,
             thread: None,
         }
     }
@@ -286,43 +268,29 @@ impl Timers {
         }
     }
 
-    /// Starts the thread that serves the timers (nothing to do without any): an
-    /// `event-manager` loop with one subscriber per timer and one for the stop eventfd.
+    /// Starts the thread that serves the timers (nothing to do without any): a
+    /// [`Worker`] with one subscriber per timer. Dropping `Timers` stops and joins it.
     pub fn start(&mut self) -> std::io::Result<()> {
         if self.slots.is_empty() || self.thread.is_some() {
             return Ok(());
         }
-        let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
-        let stopped = Arc::new(AtomicBool::new(false));
-        let mut subs: Vec<Box<dyn MutEventSubscriber + Send>> = vec![Box::new(StopSub {
-            fd: stop.clone(),
-            stopped: stopped.clone(),
-        })];
         let callbacks = std::mem::take(&mut self.callbacks);
-        for (slot, callback) in self.slots.iter().zip(callbacks) {
-            subs.push(Box::new(TimerSub {
-                slot: slot.clone(),
-                callback,
-            }));
-        }
-        let handle = std::thread::Builder::new()
-            .name("timers".into())
-            .spawn(move || {
-                let Ok(mut em) = EventManager::<Box<dyn MutEventSubscriber + Send>>::new() else {
-                    eprintln!("kestrel: timers: cannot create epoll; device timers will not fire");
-                    return;
-                };
-                for s in subs {
-                    em.add_subscriber(s);
-                }
-                while !stopped.load(Ordering::Acquire) {
-                    if em.run().is_err() {
-                        return;
-                    }
-                }
-            })?;
-        self.stop = Some(stop);
-        self.thread = Some(handle);
+        let subs: Subscribers = self
+            .slots
+            .iter()
+            .zip(callbacks)
+            .map(|(slot, callback)| {
+                Box::new(TimerSub {
+                    slot: slot.clone(),
+                    callback,
+                }) as Box<dyn MutEventSubscriber + Send>
+            })
+            .collect();
+        self.thread = Some(Worker::spawn(
+            "timers",
+            "device timers will not fire",
+            subs,
+        )?);
         Ok(())
     }
 
@@ -348,17 +316,6 @@ impl Timers {
 impl Default for Timers {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-impl Drop for Timers {
-    fn drop(&mut self) {
-        if let Some(s) = &self.stop {
-            let _ = s.write(1);
-        }
-        if let Some(h) = self.thread.take() {
-            let _ = h.join();
-        }
     }
 }
 
