@@ -51,7 +51,9 @@ fn walk(dir: &Path, rel: &mut Vec<String>, out: &mut Vec<ModFile>) {
             rel.pop();
         } else if let Some(stem) = name.strip_suffix(".rs") {
             let mut module = rel.clone();
-            if !matches!(stem, "mod" | "lib" | "main") || !rel.is_empty() && stem != "mod" {
+            // foo.rs and foo/mod.rs are module foo; the crate root is lib.rs or main.rs.
+            let is_root = rel.is_empty() && matches!(stem, "lib" | "main");
+            if stem != "mod" && !is_root {
                 module.push(stem.to_string());
             }
             let is_test = module.iter().any(|s| s == "tests" || s.ends_with("_tests"));
@@ -189,7 +191,7 @@ fn referenced_paths(code: &str) -> Vec<Vec<String>> {
 }
 
 /// Resolves a crate/super/self-relative path used in `module` to an absolute one.
-fn absolute(module: &[String], is_mod_rs: bool, p: &[String]) -> Option<Vec<String>> {
+fn absolute(module: &[String], p: &[String]) -> Option<Vec<String>> {
     // The module a file's `self` is: for foo.rs or foo/mod.rs both `module`.
     let mut base: Vec<String>;
     let mut rest = p;
@@ -211,7 +213,6 @@ fn absolute(module: &[String], is_mod_rs: bool, p: &[String]) -> Option<Vec<Stri
         }
         _ => return None,
     }
-    let _ = is_mod_rs;
     base.extend(rest.iter().cloned());
     Some(base)
 }
@@ -235,9 +236,8 @@ fn sibling_edges(krate: &str) -> Edges {
     let mut edges: Edges = BTreeMap::new();
     for f in files.iter().filter(|f| !f.is_test) {
         let text = std::fs::read_to_string(&f.path).unwrap();
-        let is_mod_rs = f.path.file_name().is_some_and(|n| n == "mod.rs");
         for p in referenced_paths(&code(&text)) {
-            let Some(abs) = absolute(&f.module, is_mod_rs, &p) else {
+            let Some(abs) = absolute(&f.module, &p) else {
                 continue;
             };
             let target = longest_module(&modules, &abs);
