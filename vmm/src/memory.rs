@@ -24,11 +24,8 @@ use crate::cmdline::MACHINE_TYPE;
 /// Guest RAM's backing, opened.
 #[derive(Debug)]
 pub struct RamBacking {
-    /// The backend's id (query-memdev).
-    pub id: String,
-    pub size: u64,
-    pub share: bool,
-    pub prealloc: bool,
+    /// Its id, size and mapping flags, as query-memdev reports them.
+    info: MemdevInfo,
     /// The file or memfd; `None` for anonymous memory.
     file: Option<Arc<File>>,
 }
@@ -57,10 +54,12 @@ impl RamBacking {
     /// Plain `-m`: private anonymous memory.
     pub fn anonymous(size: u64) -> RamBacking {
         RamBacking {
-            id: format!("{MACHINE_TYPE}.ram"),
-            size,
-            share: false,
-            prealloc: false,
+            info: MemdevInfo {
+                id: format!("{MACHINE_TYPE}.ram"),
+                size,
+                share: false,
+                prealloc: false,
+            },
             file: None,
         }
     }
@@ -107,34 +106,26 @@ impl RamBacking {
             }
         }
         Ok(RamBacking {
-            id: b.id.clone(),
-            size: b.size,
-            share: b.share,
-            prealloc: b.prealloc,
+            info: MemdevInfo::from(b),
             file: file.map(Arc::new),
         })
     }
 
     /// What query-memdev says of it.
     pub fn info(&self) -> MemdevInfo {
-        MemdevInfo {
-            id: self.id.clone(),
-            size: self.size,
-            share: self.share,
-            prealloc: self.prealloc,
-        }
+        self.info.clone()
     }
 
     /// Maps the backing over `ranges` (guest address, length), which together are at
     /// most `size` bytes, at consecutive offsets of the file.
     pub fn map(&self, ranges: &[(GuestAddress, usize)]) -> Result<GuestMemoryMmap, String> {
         let mut flags = libc::MAP_NORESERVE
-            | if self.share {
+            | if self.info.share {
                 libc::MAP_SHARED
             } else {
                 libc::MAP_PRIVATE
             };
-        if self.prealloc {
+        if self.info.prealloc {
             flags |= libc::MAP_POPULATE;
         }
         if self.file.is_none() {
