@@ -309,3 +309,57 @@ fn introspection_masks_and_deduplicates() {
     let unmasked = introspect(&entities, false);
     assert!(unmasked.iter().any(|e| e["name"] == "Inner"));
 }
+
+#[test]
+fn union_variant_that_is_itself_a_union() {
+    crate::qmp_enum! { enum Transport { Socket = "socket" } }
+    crate::qmp_enum! { enum SockType { Inet = "inet", Unix = "unix" } }
+    crate::qmp_struct! { struct Inet { host: String = "host", port: String = "port" } }
+    crate::qmp_struct! { struct Unix { path: String = "path" } }
+    struct Sock;
+    impl QmpType for Sock {
+        fn schema() -> TypeSchema {
+            TypeSchema::Object(ObjectSchema {
+                name: "Sock",
+                members: vec![MemberSchema::of::<SockType>("type")],
+                union: Some(UnionSchema {
+                    tag: "type",
+                    variants: vec![("inet", Inet::schema), ("unix", Unix::schema)],
+                }),
+            })
+        }
+    }
+    struct Addr;
+    impl QmpType for Addr {
+        fn schema() -> TypeSchema {
+            TypeSchema::Object(ObjectSchema {
+                name: "Addr",
+                members: vec![MemberSchema::of::<Transport>("transport")],
+                union: Some(UnionSchema {
+                    tag: "transport",
+                    variants: vec![("socket", Sock::schema)],
+                }),
+            })
+        }
+    }
+    let run = |v: Value| {
+        let mut v = v;
+        validate(&mut v, &Addr::schema(), "addr")
+            .err()
+            .map(|e| e.desc)
+    };
+    let ok = json!({"transport": "socket", "type": "inet", "host": "h", "port": "1"});
+    assert_eq!(run(ok), None);
+    assert_eq!(
+        run(json!({"transport": "socket", "type": "unix"})).as_deref(),
+        Some("Parameter 'addr.path' is missing")
+    );
+    assert_eq!(
+        run(json!({"transport": "socket", "type": "unix", "path": "p", "host": "h"})).as_deref(),
+        Some("Parameter 'addr.host' is unexpected")
+    );
+    assert_eq!(
+        run(json!({"transport": "socket", "type": "vsock"})).as_deref(),
+        Some("Parameter 'addr.type' does not accept value 'vsock'")
+    );
+}

@@ -152,26 +152,41 @@ fn validate_object(
     path: &str,
 ) -> Result<(), QmpError> {
     let mut known: Vec<&'static str> = Vec::with_capacity(obj.members.len());
-    check_members(map, &obj.members, path, &mut known)?;
-    if let Some(union) = &obj.union {
-        let case = map
-            .get(union.tag)
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        if let Some(case) = case {
-            if let Some((_, variant)) = union.variants.iter().find(|(c, _)| *c == case) {
-                if let TypeSchema::Object(v) = variant() {
-                    check_members(map, &v.members, path, &mut known)?;
-                }
-            }
-        }
-    }
+    check_flat(map, obj, path, &mut known)?;
     // QEMU reports unexpected members only after every declared one was visited.
     if let Some(extra) = map.keys().find(|k| !known.contains(&k.as_str())) {
         return Err(QmpError::generic(format!(
             "Parameter '{}' is unexpected",
             join(path, extra)
         )));
+    }
+    Ok(())
+}
+
+/// Checks the members of `obj` and, when it is a union, those of the variant its tag
+/// selects, recursively: a variant may itself be a union (QEMU's `MigrationAddress`
+/// has the variant `socket`, a `SocketAddress`, which is a union on `type`), and all
+/// their members sit flat in the one JSON object.
+fn check_flat(
+    map: &mut Map<String, Value>,
+    obj: &ObjectSchema,
+    path: &str,
+    known: &mut Vec<&'static str>,
+) -> Result<(), QmpError> {
+    check_members(map, &obj.members, path, known)?;
+    let Some(union) = &obj.union else {
+        return Ok(());
+    };
+    let case = map
+        .get(union.tag)
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    if let Some(case) = case {
+        if let Some((_, variant)) = union.variants.iter().find(|(c, _)| *c == case) {
+            if let TypeSchema::Object(v) = variant() {
+                check_flat(map, &v, path, known)?;
+            }
+        }
     }
     Ok(())
 }
