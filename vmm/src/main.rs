@@ -14,6 +14,7 @@ mod pci;
 mod qmp_commands;
 mod qmp_devices;
 mod qmp_memory;
+mod qmp_migration;
 mod qmp_platform;
 mod qmp_transport;
 mod rtc_clock;
