@@ -10,6 +10,8 @@
 // The commands that use these are being written alongside; until they are registered,
 // only the tests use most of this.
 #[allow(dead_code)]
+pub mod settings;
+#[allow(dead_code)]
 pub mod types;
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use monitor::QmpError;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+mod settings;
 mod types;
 
 /// Validates and converts `args` as the registry does for a command taking `A`.
