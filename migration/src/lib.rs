@@ -5,7 +5,9 @@
 //! markers, configuration check, device sections), tested with guest memory in a vector;
 //! [`convergence`], precopy's switchover and auto-converge decision on a fake clock; and
 //! [`dirty`], the union of KVM's dirty log and guest memory's bitmap as page runs; and
-//! [`transport`], so far the parsing of QEMU's migration URIs. Precopy, vCPU and device state and the QMP surface are still to come (see the
+//! [`transport`], QEMU's migration URIs (tcp, unix, fd, exec, file) opened as cancellable
+//! byte streams for the source and the destination, with multifd channels on tcp and
+//! unix. Precopy, vCPU and device state and the QMP surface are still to come (see the
 //! migration issue).
 
 pub mod convergence;
