@@ -309,6 +309,14 @@ impl Monitor {
         self.vm.set_state(to).map_err(Error::from)
     }
 
+    /// Sets `inmigrate`'s autostart flag (`-incoming` without `-S` starts the guest
+    /// once the stream is loaded).
+    pub fn set_autostart(&mut self, on: bool) -> Result<(), Error> {
+        self.vm
+            .apply(&crate::runstate::Step::Autostart(on))
+            .map_err(Error::from)
+    }
+
     fn deliver_events(&mut self) {
         let ready = self.events.take_ready();
         for ev in &ready {

@@ -48,7 +48,18 @@ pub struct StaticFd {
 
 /// The running I/O thread; dropping it stops and joins the thread.
 pub struct IoThread {
-    _worker: Worker,
+    worker: Worker,
+}
+
+impl IoThread {
+    /// Holds the thread between two events until [`Self::resume`].
+    pub fn pause(&self) -> Result<(), String> {
+        self.worker.pause()
+    }
+
+    pub fn resume(&self) {
+        self.worker.resume()
+    }
 }
 
 fn lock(d: &SharedIoDevice) -> std::sync::MutexGuard<'_, dyn IoDevice + 'static> {
@@ -85,7 +96,7 @@ impl IoThread {
             .into_iter()
             .map(|s| Box::new(s) as Box<dyn MutEventSubscriber + Send>)
             .collect();
-        Worker::spawn(&name, "virtio devices will not work", subs).map(|w| IoThread { _worker: w })
+        Worker::spawn(&name, "virtio devices will not work", subs).map(|w| IoThread { worker: w })
     }
 }
 

@@ -27,6 +27,8 @@ struct ClockState {
     /// `Some` while stopped: the instant it stopped.
     stopped_at: Option<Instant>,
     stopped_total: Duration,
+    /// Added to the elapsed time: set when a migrated guest's clock is taken over.
+    offset_ns: i128,
 }
 
 /// Guest time: host monotonic time since `start`, minus the time spent stopped.
@@ -44,6 +46,7 @@ impl VmClock {
             state: Mutex::new(ClockState {
                 stopped_at: Some(start),
                 stopped_total: Duration::ZERO,
+                offset_ns: 0,
             }),
         }
     }
@@ -53,7 +56,16 @@ impl VmClock {
         let d = t
             .saturating_duration_since(self.start)
             .saturating_sub(s.stopped_total);
-        u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+        let ns = i128::try_from(d.as_nanos()).unwrap_or(i128::MAX) + s.offset_ns;
+        u64::try_from(ns.max(0)).unwrap_or(u64::MAX)
+    }
+
+    /// Sets the clock to `ns` (a migrated guest's clock, taken over by the destination).
+    pub fn set_now(&self, ns: u64) {
+        let mut s = lock(&self.state);
+        s.offset_ns = 0;
+        let now = self.now_at(&s, Instant::now());
+        s.offset_ns = i128::from(ns) - i128::from(now);
     }
 
     pub fn is_running(&self) -> bool {

@@ -14,6 +14,8 @@
 //! | EXIT  | `exit` (and drop)       | never                    | acks Exited, leaves the loop               |
 //! | NMI   | `inject_nmi`            | the vCPU thread          | KVM_NMI before the next entry (held while paused) |
 //! | REGS  | `registers`             | the vCPU thread (or the asker on time-out) | dumps the registers into `slow.regs`, notifies |
+//! | JOB   | `run_job` (save/restore state for migration) | the vCPU thread | runs `slow.job` on its own fd, even while paused |
+//! | THROTTLE | `throttle` (auto-converge) | the vCPU thread  | sleeps for its share of the throttle period, off the lock |
 //!
 //! | ack (under `slow`) | meaning                                   | set when                  |
 //! |--------------------|-------------------------------------------|---------------------------|
@@ -50,6 +52,12 @@ const PAUSE: u32 = 1 << 0;
 const EXIT: u32 = 1 << 1;
 const NMI: u32 = 1 << 2;
 const REGS: u32 = 1 << 3;
+const JOB: u32 = 1 << 4;
+const THROTTLE: u32 = 1 << 5;
+
+/// Work for the vCPU thread on its own fd (KVM's vCPU ioctls from another thread would
+/// wait for the guest to exit).
+type Job = Box<dyn FnOnce(&VcpuFd) + Send>;
 
 /// Where the thread is, as acknowledged by the thread itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +73,10 @@ struct Slow {
     ack: Ack,
     /// The answer to a REGS request.
     regs: Option<Result<String, String>>,
+    /// A JOB request's work, taken by the thread.
+    job: Option<Job>,
+    /// How long a THROTTLE request sleeps.
+    throttle_sleep: std::time::Duration,
 }
 
 struct Shared {
@@ -102,6 +114,31 @@ fn kick(thread: Option<&JoinHandle<()>>) {
         use std::os::unix::thread::JoinHandleExt;
         // SAFETY: the pthread is alive until joined (we hold its JoinHandle).
         unsafe { libc::pthread_kill(t.as_pthread_t(), SIGRTMIN()) };
+    }
+}
+
+/// Auto-converge's hold on a vCPU: makes its thread leave the guest and sleep.
+///
+/// It kicks by thread id with tgkill, which only reaches threads of this process: if
+/// the vCPU thread is gone and its id reused by another of our threads, the kick
+/// handler finds no `kvm_run` there and does nothing.
+#[derive(Clone)]
+pub struct ThrottleHandle {
+    shared: Arc<Shared>,
+    tid: i32,
+}
+
+impl ThrottleHandle {
+    /// The thread sleeps `sleep` once, at once if it is in the guest.
+    pub fn throttle(&self, sleep: std::time::Duration) {
+        self.shared.lock().throttle_sleep = sleep;
+        self.shared.req.fetch_or(THROTTLE, Ordering::SeqCst);
+        let running = self.shared.lock().ack == Ack::Running;
+        if running && self.tid > 0 {
+            // SAFETY: plain syscall with integer arguments; tgkill targets only a thread
+            // of this process group id.
+            unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), self.tid, SIGRTMIN()) };
+        }
     }
 }
 
@@ -153,6 +190,8 @@ impl Vcpu {
             slow: Mutex::new(Slow {
                 ack: Ack::Starting,
                 regs: None,
+                job: None,
+                throttle_sleep: std::time::Duration::ZERO,
             }),
             cv: Condvar::new(),
             tid: AtomicI32::new(0),
@@ -214,6 +253,30 @@ impl Vcpu {
                 .wait_timeout(c, deadline - now)
                 .map(|(g, _)| g)
                 .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
+    /// Runs `f` on the vCPU thread with its fd and returns what it returned; the thread
+    /// runs it at once if parked, or leaves the guest for it. Used to save and restore
+    /// the vCPU's state for migration (with the vCPU paused).
+    pub fn run_job<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&VcpuFd) -> R + Send + 'static,
+    ) -> Result<R, String> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.shared.lock().job = Some(Box::new(move |fd: &VcpuFd| {
+            let _ = tx.send(f(fd));
+        }));
+        self.shared.post(JOB, self.thread.as_ref());
+        rx.recv_timeout(std::time::Duration::from_secs(30))
+            .map_err(|_| format!("vCPU {} did not answer", self.index))
+    }
+
+    /// A handle that throttles this vCPU from another thread.
+    pub fn throttle_handle(&self) -> ThrottleHandle {
+        ThrottleHandle {
+            shared: self.shared.clone(),
+            tid: self.thread_id(),
         }
     }
 
@@ -322,6 +385,12 @@ fn slow_path(index: u8, fd: &VcpuFd, ctx: &VcpuContext, shared: &Shared) -> bool
             shared.req.fetch_and(!REGS, Ordering::SeqCst);
             shared.cv.notify_all();
         }
+        if req & JOB != 0 {
+            shared.req.fetch_and(!JOB, Ordering::SeqCst);
+            if let Some(job) = c.job.take() {
+                job(fd);
+            }
+        }
         if req & EXIT != 0 {
             c.ack = Ack::Exited;
             shared.cv.notify_all();
@@ -335,6 +404,14 @@ fn slow_path(index: u8, fd: &VcpuFd, ctx: &VcpuContext, shared: &Shared) -> bool
                 shared.cv.notify_all();
             }
             c = shared.cv.wait(c).unwrap_or_else(|p| p.into_inner());
+            continue;
+        }
+        if req & THROTTLE != 0 {
+            shared.req.fetch_and(!THROTTLE, Ordering::SeqCst);
+            let sleep = c.throttle_sleep;
+            drop(c);
+            std::thread::sleep(sleep);
+            c = shared.lock();
             continue;
         }
         if req & NMI != 0 {

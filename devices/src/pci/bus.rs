@@ -281,25 +281,33 @@ impl PciBus {
             let before = d.bars();
             d.write_config(reg, value, mask);
             let after = d.bars();
-            let remaps: Vec<BarRemap> = before
-                .iter()
-                .zip(&after)
-                .filter(|(b, a)| b.index == a.index && b.mapped != a.mapped)
-                .map(|(b, a)| BarRemap {
-                    address: addr,
-                    bar: a.index,
-                    kind: a.kind,
-                    size: a.size,
-                    old: b.mapped,
-                    new: a.mapped,
-                })
-                .collect();
+            let remaps = diff_remaps(addr, &before, &after);
             for r in &remaps {
                 d.bar_moved(r);
             }
             remaps
         };
         self.notify(&remaps, &slot.dev);
+    }
+
+    /// Reports the BAR mappings of the function at `addr` that differ from `before`
+    /// (its `bars()` before the machine changed it directly, e.g. restoring migrated
+    /// state), to the device and then, unlocked, to the machine: as after the guest's
+    /// own BAR programming.
+    pub fn refresh_bars(&self, addr: PciAddress, before: &[PciBarInfo]) {
+        let Some(dev) = self.device(addr) else {
+            return;
+        };
+        let remaps = {
+            let mut d = lock(&dev);
+            let after = d.bars();
+            let remaps = diff_remaps(addr, before, &after);
+            for r in &remaps {
+                d.bar_moved(r);
+            }
+            remaps
+        };
+        self.notify(&remaps, &dev);
     }
 
     /// `query-pci`'s rows.
@@ -335,6 +343,23 @@ impl PciBus {
 }
 
 /// The mapped BARs of a function being plugged (`plug`) or unplugged.
+/// The BARs whose mapping changed between `before` and `after`.
+fn diff_remaps(addr: PciAddress, before: &[PciBarInfo], after: &[PciBarInfo]) -> Vec<BarRemap> {
+    before
+        .iter()
+        .zip(after)
+        .filter(|(b, a)| b.index == a.index && b.mapped != a.mapped)
+        .map(|(b, a)| BarRemap {
+            address: addr,
+            bar: a.index,
+            kind: a.kind,
+            size: a.size,
+            old: b.mapped,
+            new: a.mapped,
+        })
+        .collect()
+}
+
 fn mapped(addr: PciAddress, bars: &[PciBarInfo], plug: bool) -> Vec<BarRemap> {
     bars.iter()
         .filter_map(|b| {

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use crate::GuestMemoryMmap;
 use serde::{Deserialize, Serialize};
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 
 pub use balloon::BalloonState;
 pub use block::BlockState;
@@ -133,6 +133,15 @@ pub trait VirtioDevice: Send {
     /// so the transport can save how far each one got.
     fn active_queues(&self) -> &[Queue] {
         &[]
+    }
+    /// Where the device is in each of its active queues: (next available entry, next
+    /// used entry). Derived from [`Self::active_queues`]; a wrapper that cannot lend
+    /// its queues out (a model behind a mutex) forwards this instead.
+    fn queue_positions(&self) -> Vec<(u16, u16)> {
+        self.active_queues()
+            .iter()
+            .map(|q| (q.next_avail(), q.next_used()))
+            .collect()
     }
     /// The device's own state for migration. Fails for a device model that has none, or
     /// that cannot be saved right now (e.g. requests still in flight).

@@ -211,6 +211,18 @@ impl VirtioNet {
         self.filter.mac
     }
 
+    /// Sends one self-announcement for the guest's MAC out of the backend, as QEMU's
+    /// `qemu_announce_self` does after a migration: a broadcast RARP frame from the
+    /// MAC, so switches learn the guest's new port. Nothing when the link is down.
+    pub fn announce(&mut self) -> std::io::Result<()> {
+        if !self.link_up {
+            return Ok(());
+        }
+        let mut frame = vec![0u8; self.hdr_len];
+        frame.extend_from_slice(&rarp_announcement(self.filter.mac));
+        self.backend.send(&frame)
+    }
+
     pub fn link_up(&self) -> bool {
         self.link_up
     }
@@ -434,3 +446,22 @@ impl VirtioDevice for VirtioNet {
 
 #[cfg(test)]
 mod tests;
+
+/// QEMU's announcement frame (`announce_self_create`): Ethernet broadcast from `mac`,
+/// a RARP "reverse request" naming `mac` as sender and target, padded to 60 bytes.
+pub fn rarp_announcement(mac: [u8; 6]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(60);
+    f.extend_from_slice(&[0xff; 6]);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&0x8035u16.to_be_bytes()); // RARP
+    f.extend_from_slice(&1u16.to_be_bytes()); // hardware: Ethernet
+    f.extend_from_slice(&0x0800u16.to_be_bytes()); // protocol: IPv4
+    f.extend_from_slice(&[6, 4]);
+    f.extend_from_slice(&3u16.to_be_bytes()); // reverse request
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&[0; 4]);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&[0; 4]);
+    f.resize(60, 0);
+    f
+}

@@ -105,18 +105,16 @@ impl VirtioPciDevice {
             .save_state()
             .map_err(VirtioPciStateError::Save)?;
         let live = if self.activated {
-            self.device.active_queues()
+            self.device.queue_positions()
         } else {
-            &[]
+            Vec::new()
         };
         let queues = self
             .queues
             .iter()
             .enumerate()
             .map(|(i, q)| {
-                let (next_avail, next_used) = live
-                    .get(i)
-                    .map_or((0, 0), |l| (l.next_avail(), l.next_used()));
+                let (next_avail, next_used) = live.get(i).copied().unwrap_or((0, 0));
                 VirtioPciQueueState {
                     size: q.size,
                     enabled: q.enable,
