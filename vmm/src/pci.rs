@@ -81,6 +81,15 @@ impl<T: VirtioDevice> VirtioDevice for Shared<T> {
     fn process_event(&mut self, token: u32) -> Result<(), DeviceError> {
         lock(&self.0).process_event(token)
     }
+    fn queue_positions(&self) -> Vec<(u16, u16)> {
+        lock(&self.0).queue_positions()
+    }
+    fn save_state(&self) -> Result<devices::virtio::VirtioDeviceState, String> {
+        lock(&self.0).save_state()
+    }
+    fn restore_state(&mut self, state: &devices::virtio::VirtioDeviceState) -> Result<(), String> {
+        lock(&self.0).restore_state(state)
+    }
 }
 
 /// The I/O thread's view of a virtio-pci function.
@@ -231,13 +240,46 @@ pub enum Attached {
     Balloon { model: Arc<Mutex<VirtioBalloon>> },
 }
 
+/// A function whose state migration carries, by kind of state.
+pub enum Migratable {
+    Virtio(Arc<Mutex<VirtioPciDevice>>),
+    Watchdog(Arc<Mutex<I6300Esb>>),
+    /// A function with no state but its configuration space (pvpanic-pci).
+    Plain(SharedPciDevice),
+}
+
 /// The PCI side of one boot.
 pub struct PciDevices {
     pub bus: Arc<PciBus>,
     pub attached: Vec<Attached>,
     pub watchdog: Option<Arc<Mutex<I6300Esb>>>,
+    /// Every function with its address and qdev id (or type), in bus order of creation.
+    pub migratable: Vec<(PciAddress, String, Migratable)>,
+    plumbing: Arc<BarPlumbing>,
     // Dropped last: stops the I/O thread before the devices' fds go.
-    _io: crate::io_thread::IoThread,
+    io: crate::io_thread::IoThread,
+}
+
+impl PciDevices {
+    /// Holds the I/O thread between two events (migration saves the devices' state).
+    pub fn pause_io(&self) -> Result<(), String> {
+        self.io.pause()
+    }
+
+    pub fn resume_io(&self) {
+        self.io.resume()
+    }
+
+    /// Kicks every queue of the function at `addr` once, as its driver would: a device
+    /// restored by migration serves what its rings hold and starts watching its host
+    /// fds without waiting for the guest's next kick.
+    pub fn kick_all(&self, addr: PciAddress) {
+        if let Some((fds, _)) = lock(&self.plumbing.kicks).get(&addr.devfn()) {
+            for fd in fds {
+                let _ = fd.write(1);
+            }
+        }
+    }
 }
 
 struct NetNotify {
@@ -329,6 +371,16 @@ struct Builder<'a> {
     pending_serial: Option<PendingSerial>,
     serial_ports: Vec<SerialPortSpec>,
     watchdog: Option<Arc<Mutex<I6300Esb>>>,
+    migratable: Vec<(PciAddress, String, Migratable)>,
+}
+
+/// A function's name in the migration stream: its qdev id, or its kind and slot.
+fn label(qdev_id: &str, kind: &str) -> String {
+    if qdev_id.is_empty() {
+        kind.to_string()
+    } else {
+        qdev_id.to_string()
+    }
 }
 
 impl Builder<'_> {
@@ -401,7 +453,9 @@ impl Builder<'_> {
         self.bus
             .add_device(addr, shared, qdev_id.to_string())
             .map_err(err)?;
-        self.io_devices.push(dev);
+        self.io_devices.push(dev.clone());
+        self.migratable
+            .push((addr, label(qdev_id, "virtio"), Migratable::Virtio(dev)));
         Ok(addr)
     }
 
@@ -415,8 +469,10 @@ impl Builder<'_> {
         let addr = self.address(want)?;
         self.bars.assign(&mut *lock(&dev)).map_err(err)?;
         self.bus
-            .add_device(addr, dev, qdev_id.to_string())
+            .add_device(addr, dev.clone(), qdev_id.to_string())
             .map_err(err)?;
+        self.migratable
+            .push((addr, label(qdev_id, "pci"), Migratable::Plain(dev)));
         Ok(addr)
     }
 
@@ -638,6 +694,7 @@ pub fn build(
         pending_serial: None,
         serial_ports: Vec::new(),
         watchdog: None,
+        migratable: Vec::new(),
     };
     for spec in specs {
         if !matches!(spec, DeviceSpec::VirtioSerialPort { .. }) {
@@ -710,6 +767,9 @@ pub fn build(
                     .timers
                     .set_callback(tid, move || lock(&d).timer_fired());
                 b.place_plain(dev.clone(), *addr, id.as_deref().unwrap_or(""))?;
+                if let Some(last) = b.migratable.last_mut() {
+                    last.2 = Migratable::Watchdog(dev.clone());
+                }
                 b.watchdog = Some(dev);
             }
             DeviceSpec::VirtioBalloon {
@@ -749,7 +809,9 @@ pub fn build(
         bus,
         attached: b.attached,
         watchdog: b.watchdog,
-        _io: io,
+        migratable: b.migratable,
+        plumbing: b.plumbing,
+        io,
     }))
 }
 

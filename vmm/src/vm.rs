@@ -117,18 +117,24 @@ const SERIAL_PORTS: [(u16, u32); 4] = [
     (0x2e8, layout::COM2_IRQ),
 ];
 
+mod snapshot;
+pub use snapshot::DeviceBlob;
+
 pub struct Vm {
     // Field order is drop order: vCPU threads stop, then the I/O thread, before the VM fd
     // and memory go.
     vcpus: Vec<Vcpu>,
     timers: crate::timers::Timers,
     pci: Option<crate::pci::PciDevices>,
-    _vm_fd: Arc<VmFd>,
-    _mem: GuestMemoryMmap,
+    vm_fd: Arc<VmFd>,
+    mem: GuestMemoryMmap,
     _pio: Arc<Bus>,
     _mmio: Arc<Bus>,
     ged: Arc<Mutex<AcpiGed>>,
     rtc: Arc<Mutex<CmosRtc>>,
+    serials: Vec<Arc<Mutex<SerialDevice>>>,
+    i8042: Arc<Mutex<I8042Device>>,
+    acpi_pm: Arc<Mutex<AcpiPmDevice>>,
 }
 
 impl Vm {
@@ -212,6 +218,7 @@ impl Vm {
         let pio = Arc::new(Bus::new());
         let mmio = Arc::new(Bus::new());
         let exit_requests = Arc::new(ExitRequests::new());
+        let mut serials = Vec::new();
         for (i, backend) in serial_backends.iter().enumerate().take(SERIAL_PORTS.len()) {
             let (port, irq) = SERIAL_PORTS[i];
             let dev = Arc::new(Mutex::new(SerialDevice::new(
@@ -221,6 +228,7 @@ impl Vm {
             let shared: SharedDevice = dev.clone();
             pio.insert(shared, u64::from(port), 8)
                 .map_err(|e| VmError::Device(e.to_string()))?;
+            serials.push(dev.clone());
             let input = dev.clone();
             backend.set_input(Arc::new(move |bytes: &[u8]| feed_serial(&input, bytes)));
         }
@@ -228,14 +236,11 @@ impl Vm {
             pio.insert(d, u64::from(base), len)
                 .map_err(|e| VmError::Device(e.to_string()))
         };
-        add(
-            Arc::new(Mutex::new(I8042Device::new(
-                exit_requests.clone(),
-                irqfd(&vm_fd, layout::I8042_IRQ)?,
-            ))),
-            layout::I8042_PORT,
-            I8042Device::WINDOW_LEN,
-        )?;
+        let i8042 = Arc::new(Mutex::new(I8042Device::new(
+            exit_requests.clone(),
+            irqfd(&vm_fd, layout::I8042_IRQ)?,
+        )));
+        add(i8042.clone(), layout::I8042_PORT, I8042Device::WINDOW_LEN)?;
         let (rtc_timer, rtc_timer_id) = timers
             .timer()
             .map_err(|e| VmError::Device(format!("RTC timer: {e}")))?;
@@ -262,8 +267,9 @@ impl Vm {
             r.lock().unwrap_or_else(|p| p.into_inner()).timer_fired()
         });
         add(rtc.clone(), layout::RTC_PORT, CmosRtc::WINDOW_LEN)?;
+        let acpi_pm = Arc::new(Mutex::new(AcpiPmDevice::new(exit_requests.clone())));
         add(
-            Arc::new(Mutex::new(AcpiPmDevice::new(exit_requests.clone()))),
+            acpi_pm.clone(),
             layout::ACPI_PM_PORT_BASE,
             layout::ACPI_PM_PORT_LEN,
         )?;
@@ -345,16 +351,46 @@ impl Vm {
             vcpus,
             timers,
             pci,
-            _vm_fd: vm_fd,
-            _mem: mem,
+            vm_fd,
+            mem,
             _pio: pio,
             _mmio: mmio,
             ged,
             rtc,
+            serials,
+            i8042,
+            acpi_pm,
         })
     }
 
+    /// Guest RAM, for migration.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    /// The KVM VM, for migration's dirty log.
+    pub fn vm_fd(&self) -> &Arc<VmFd> {
+        &self.vm_fd
+    }
+
+    /// Every vCPU thread, for auto-converge's throttle.
+    pub fn vcpus(&self) -> &[Vcpu] {
+        &self.vcpus
+    }
+
+    /// Lets the I/O thread go on after [`Vm::quiesce`] (a migration that did not
+    /// complete).
+    pub fn resume_io(&self) {
+        if let Some(p) = &self.pci {
+            p.resume_io();
+        }
+    }
+
     pub fn resume(&self) {
+        // The I/O thread may have been held by a migration that did not complete.
+        if let Some(p) = &self.pci {
+            p.resume_io();
+        }
         self.timers.resume();
         for v in &self.vcpus {
             v.resume();
