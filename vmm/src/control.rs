@@ -101,6 +101,8 @@ pub fn on_control(c: ControlEvent, machine: &mut Machine, mon: &mut Monitor) -> 
                 return None;
             }
         },
+        // Routed to `migrate_ops` by the event loop.
+        ControlEvent::Migration { .. } => return None,
         ControlEvent::Quit => return Some(0),
     };
     apply(what, machine, mon)

@@ -89,7 +89,14 @@ impl MutEventSubscriber for Control {
         let mut core = self.core.borrow_mut();
         let core = &mut *core;
         while let Ok(c) = self.rx.try_recv() {
-            if let Some(status) = crate::control::on_control(c, &mut core.machine, &mut core.mon) {
+            let (machine, mon) = (&mut core.machine, &mut core.mon);
+            let done = match c {
+                ControlEvent::Migration { id, report } => {
+                    crate::migrate_ops::steps::on_report(id, report, machine, mon)
+                }
+                c => crate::control::on_control(c, machine, mon),
+            };
+            if let Some(status) = done {
                 core.exit.get_or_insert(status);
                 return;
             }

@@ -55,10 +55,10 @@ impl FdStore {
             .ok_or_else(|| QmpError::generic(format!("File descriptor named '{name}' not found")))
     }
 
-    /// A named descriptor, for the commands that take one by name.
-    #[allow(dead_code)] // used by -device/-netdev fd= once those land
-    pub fn named(&self, name: &str) -> Option<&OwnedFd> {
-        self.named.get(name)
+    /// Takes a named descriptor out of the store, as QEMU's `monitor_get_fd` does for
+    /// the commands that use one by name (`migrate fd:NAME`).
+    pub fn take_named(&mut self, name: &str) -> Option<OwnedFd> {
+        self.named.remove(name)
     }
 
     pub fn add_fd(
@@ -192,12 +192,17 @@ mod tests {
         assert_eq!(s.getfd("a").unwrap_err().desc, NO_FD);
         s.offer(vec![fd(), fd()]);
         s.getfd("a").unwrap();
-        assert!(s.named("a").is_some());
+        assert!(s.named.contains_key("a"));
         assert!(s
             .getfd("9lives")
             .unwrap_err()
             .desc
             .contains("not starting with a digit"));
+        // A command that uses a named descriptor takes it: it is gone from the store.
+        s.offer(vec![fd()]);
+        s.getfd("b").unwrap();
+        assert!(s.take_named("b").is_some());
+        assert!(s.take_named("b").is_none());
         assert_eq!(
             s.take_unclaimed().len(),
             1,

@@ -33,8 +33,12 @@ pub struct Machine {
     vm: Option<Vm>,
     /// virtio-serial ports the guest has open (by port id), from VSERPORT_CHANGE.
     open_ports: std::collections::HashSet<String>,
-    /// The disks' image locks, held for the machine's life (see `pci::lock_drives`).
-    _image_locks: Vec<std::fs::File>,
+    /// The disks' image locks, held for the machine's life (see `pci::lock_drives`)
+    /// except from a migration's switchover on (and, on a destination, until its
+    /// stream loaded): `None` while not held.
+    image_locks: Option<Vec<std::fs::File>>,
+    /// Live migration (outgoing or incoming).
+    pub migration: crate::migrate::MigrationCtl,
     /// The RTC's clock (`-rtc`), and for `clock=vm` the guest clock that runs with the vCPUs.
     rtc_clock: Arc<dyn devices::legacy::rtc::Clock>,
     rtc_watch: Option<Arc<crate::timers::VmClock>>,
@@ -52,13 +56,20 @@ impl Machine {
         serials: Vec<Arc<Chardev>>,
         chardevs: std::collections::HashMap<String, Arc<Chardev>>,
         events_tx: ControlSender,
+        incoming: bool,
     ) -> Result<Machine, VmError> {
         let kvm = Kvm::new().map_err(VmError::Kvm)?;
         let (rtc_clock, rtc_watch) = crate::rtc_clock::rtc_clock(&cfg.rtc);
-        let image_locks = crate::pci::lock_drives(&cfg.devices, &cfg.drives)?;
+        // A destination takes its disks only once the source has let go of them.
+        let image_locks = if incoming {
+            None
+        } else {
+            Some(crate::pci::lock_drives(&cfg.devices, &cfg.drives)?)
+        };
         let mut m = Machine {
             open_ports: Default::default(),
-            _image_locks: image_locks,
+            image_locks,
+            migration: crate::migrate::MigrationCtl::new(incoming),
             rtc_clock,
             rtc_watch,
             kvm,
@@ -100,6 +111,37 @@ impl Machine {
             },
         )?);
         Ok(())
+    }
+
+    /// Where other threads report to the main thread.
+    pub fn events_sender(&self) -> ControlSender {
+        self.events_tx.clone()
+    }
+
+    /// Gives up the disks' image locks (the switchover of an outgoing migration: the
+    /// destination takes them next).
+    pub fn release_image_locks(&mut self) {
+        self.image_locks = None;
+    }
+
+    /// Takes the disks' image locks again if they are not held (a failed migration, a
+    /// `cont` after one, a destination whose stream loaded).
+    pub fn retake_image_locks(&mut self) -> Result<(), String> {
+        if self.image_locks.is_none() {
+            let locks = crate::pci::lock_drives(&self.cfg.devices, &self.cfg.drives)
+                .map_err(|e| e.to_string())?;
+            self.image_locks = Some(locks);
+        }
+        Ok(())
+    }
+
+    /// Announces the guest's NICs on their networks (after an incoming migration), per
+    /// the `announce-*` parameters.
+    pub fn announce(&self) {
+        let params = self.migration.settings.announce();
+        if let Some(pci) = self.vm.as_ref().and_then(|v| v.pci()) {
+            crate::announce::start(pci, params);
+        }
     }
 
     /// The boot that events must come from to count (older ones were reset away).
@@ -204,6 +246,9 @@ impl monitor::Machine for Machine {
     }
 
     fn resume_vcpus(&mut self) -> Result<(), MachineError> {
+        // After an outgoing migration the disks belong to the destination: `cont` takes
+        // them back, or fails as QEMU's does when the destination holds them.
+        self.retake_image_locks().map_err(MachineError::Failed)?;
         // Requests a werror/rerror=stop policy held are retried on `cont`, as in QEMU.
         if let Some(pci) = self.vm.as_ref().and_then(|v| v.pci()) {
             for a in &pci.attached {

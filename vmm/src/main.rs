@@ -1,5 +1,6 @@
 //! `kestrel`: boots a Linux guest on KVM from a QEMU-compatible command line.
 
+mod announce;
 mod chardev;
 mod cmdline;
 mod control;
@@ -10,6 +11,8 @@ mod io_thread;
 mod irq;
 mod machine;
 mod memory;
+mod migrate;
+mod migrate_ops;
 mod pci;
 mod qmp_commands;
 mod qmp_devices;
@@ -44,6 +47,11 @@ pub enum ControlEvent {
     Vm {
         generation: u64,
         event: vm_events::VmEvent,
+    },
+    /// What a migration's thread reports, tagged with the migration's id.
+    Migration {
+        id: u64,
+        report: migrate::MigrationReport,
     },
     /// Ctrl-A x on the console.
     Quit,
@@ -174,6 +182,7 @@ fn run(args: Vec<String>) -> Result<i32, String> {
         memdevs.push(vm_cfg.ram.info());
     }
     qmp_memory::register(mon.registry_mut(), memdevs).map_err(|e| format!("monitor setup: {e}"))?;
+    migrate_ops::register(mon.registry_mut()).map_err(|e| format!("monitor setup: {e}"))?;
     qmp_platform::register_events(mon.registry_mut()).map_err(|e| format!("monitor setup: {e}"))?;
 
     let fail = |daemon: Option<Daemon>, msg: String| -> Result<i32, String> {
@@ -209,7 +218,14 @@ fn run(args: Vec<String>) -> Result<i32, String> {
         name: cfg.name.clone(),
         uuid: cfg.uuid,
     };
-    let machine = match Machine::new(vm_cfg, identity, serials, device_chardevs, tx) {
+    let machine = match Machine::new(
+        vm_cfg,
+        identity,
+        serials,
+        device_chardevs,
+        tx,
+        cfg.incoming.is_some(),
+    ) {
         Ok(m) => m,
         Err(e) => {
             drop(raw_term);
@@ -226,7 +242,27 @@ fn run(args: Vec<String>) -> Result<i32, String> {
             return fail(daemon, format!("monitor: {e}"));
         }
     }
-    if !cfg.start_paused {
+    if let Some(incoming) = &cfg.incoming {
+        // inmigrate until the stream has loaded; then running, or paused under -S.
+        let start_paused = cfg.start_paused;
+        let r = ev.with_machine(|machine, mon| -> Result<(), String> {
+            mon.set_runstate(monitor::RunState::InMigrate)
+                .map_err(|e| e.to_string())?;
+            mon.set_autostart(!start_paused)
+                .map_err(|e| e.to_string())?;
+            if let cmdline::Incoming::Uri(uri) = incoming {
+                let uri = migration::transport::parse(uri).map_err(|e| e.to_string())?;
+                migrate_ops::steps::start_incoming(machine, uri, None, true, &mut |n, d| {
+                    mon.emit(n, &d)
+                })
+                .map_err(|e| e.desc)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = r {
+            return fail(daemon, e);
+        }
+    } else if !cfg.start_paused {
         if let Err(e) = ev.with_machine(|machine, mon| mon.handle(MachineEvent::Start, machine)) {
             return fail(daemon, format!("cannot start the machine: {e}"));
         }

@@ -67,6 +67,13 @@ pub const DEFAULT_MEM_SIZE: u64 = 128 << 20;
 /// Most serial ports (COM1..COM4 on the ISA bus).
 pub const MAX_SERIAL_PORTS: usize = 4;
 
+/// `-incoming`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Incoming {
+    Defer,
+    Uri(String),
+}
+
 /// The machine to build, everything the command line said, defaults filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -118,6 +125,9 @@ pub struct Config {
     pub memory_backend: Option<String>,
     /// `-S`: do not start the vCPUs until the monitor says `cont`.
     pub start_paused: bool,
+    /// `-incoming URI` (listen at startup) or `-incoming defer` (`migrate-incoming`
+    /// says where): the machine waits in `inmigrate` for a migration stream.
+    pub incoming: Option<Incoming>,
     pub machine: Machine,
     pub cpu: Cpu,
     pub daemonize: bool,
@@ -185,6 +195,7 @@ impl Default for Config {
             memory_backends: Vec::new(),
             memory_backend: None,
             start_paused: false,
+            incoming: None,
             machine: Machine::default(),
             cpu: Cpu::default(),
             daemonize: false,

@@ -4,14 +4,9 @@
 //!
 //! Both follow QEMU (9.2 for the shapes, 7.2's observed answers for defaults and error
 //! texts) but list only what Kestrel honours, so `query-qmp-schema` describes exactly
-//! what is accepted. The commands themselves are registered with the engine that runs
-//! migrations.
+//! what is accepted. The commands are registered by `crate::migrate_ops`.
 
-// The commands that use these are being written alongside; until they are registered,
-// only the tests use most of this.
-#[allow(dead_code)]
 pub mod settings;
-#[allow(dead_code)]
 pub mod types;
 
 #[cfg(test)]

@@ -23,16 +23,7 @@ use super::types::{
 /// QEMU's `MAX_MIGRATE_DOWNTIME`, in milliseconds (2000 s).
 const MAX_DOWNTIME_MS: u64 = 2000 * 1000;
 
-/// The self-announce schedule after an incoming migration (QEMU's
-/// `AnnounceParameters`): the first RARP after `initial_ms`, then `rounds` in all, each
-/// gap `step_ms` longer than the last, at most `max_ms`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Announce {
-    pub initial_ms: u64,
-    pub max_ms: u64,
-    pub rounds: u64,
-    pub step_ms: u64,
-}
+pub use crate::announce::Announce;
 
 /// The parameters, all present (QEMU's `MigrationState.parameters`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -291,6 +282,7 @@ impl MigrationSettings {
     }
 
     /// The `auto-converge` capability.
+    #[cfg(test)]
     pub fn auto_converge(&self) -> bool {
         self.caps.auto_converge
     }
@@ -319,11 +311,13 @@ impl MigrationSettings {
     }
 
     /// `downtime-limit`, milliseconds.
+    #[cfg(test)]
     pub fn downtime_limit_ms(&self) -> u64 {
         self.params.downtime_limit
     }
 
     /// `cpu-throttle-tailslow`.
+    #[cfg(test)]
     pub fn cpu_throttle_tailslow(&self) -> bool {
         self.params.cpu_throttle_tailslow
     }

@@ -265,6 +265,22 @@ pub(super) static OPTIONS: &[OptSpec] = &[
         },
     },
     OptSpec {
+        name: "incoming",
+        aliases: &[],
+        arg: Some("tcp:HOST:PORT|unix:PATH|fd:NAME|exec:CMD|file:PATH[,offset=N]|defer"),
+        help: "wait for an incoming migration (defer: wait for QMP migrate-incoming)",
+        handler: |b, o| {
+            let v = o.arg();
+            b.cfg.incoming = Some(if v == "defer" {
+                crate::cmdline::Incoming::Defer
+            } else {
+                migration::transport::parse(v).map_err(|e| e.to_string())?;
+                crate::cmdline::Incoming::Uri(v.to_string())
+            });
+            Ok(Flow::Continue)
+        },
+    },
+    OptSpec {
         name: "no-reboot",
         aliases: &[],
         arg: None,
