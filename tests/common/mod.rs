@@ -244,7 +244,6 @@ pub fn run_to_exit(args: &[&str]) -> (i32, String, String) {
 /// ACPI sleep register for S5). It runs in microseconds even under instruction
 /// emulation, so monitor tests need neither `make guest` nor a real boot.
 pub fn tiny_kernel(name: &str, msg: &str, exit: Option<(u16, u8)>) -> PathBuf {
-    const LOAD: u32 = 0x10_0000;
     let mut code = Vec::new();
     // mov dx, 0x3f8
     code.extend_from_slice(&[0x66, 0xba, 0xf8, 0x03]);
@@ -256,7 +255,43 @@ pub fn tiny_kernel(name: &str, msg: &str, exit: Option<(u16, u8)>) -> PathBuf {
         code.extend_from_slice(&[0x66, 0xba, p[0], p[1], 0xb0, val, 0xee]);
     }
     code.extend_from_slice(&[0xf4, 0xeb, 0xfd]); // hlt; jmp back to hlt
-                                                 // Xen PVH note: name "Xen", type XEN_ELFNOTE_PHYS32_ENTRY (18), desc = entry.
+    tiny_kernel_code(name, &code)
+}
+
+/// A guest that counts forever, for migration: ECX counts; count N is stored at
+/// 2 MiB + (4 N mod 1 MiB), so RAM keeps getting dirty (16 pages a letter, the whole
+/// MiB every 64 letters), and every 16384 counts it prints
+/// the next letter of `a`..`z` (then `a` again) on COM1. A migrated guest's console
+/// continues the alphabet where the source's stopped. Needs at least 4 MiB of RAM.
+pub fn counting_kernel(name: &str) -> PathBuf {
+    #[rustfmt::skip]
+    let code = [
+        0x66, 0xba, 0xf8, 0x03,             // mov dx, 0x3f8
+        0x31, 0xc9,                         // xor ecx, ecx
+        0xb3, b'a',                         // mov bl, 'a'
+        // loop:
+        0x41,                               // inc ecx
+        0x89, 0xc8,                         // mov eax, ecx
+        0xc1, 0xe0, 0x02,                   // shl eax, 2
+        0x25, 0xfc, 0xff, 0x0f, 0x00,       // and eax, 0xffffc
+        0x89, 0x88, 0x00, 0x00, 0x20, 0x00, // mov [eax + 0x200000], ecx
+        0xf7, 0xc1, 0xff, 0x3f, 0x00, 0x00, // test ecx, 0x3fff
+        0x75, 0xe7,                         // jnz loop (-25)
+        0x88, 0xd8,                         // mov al, bl
+        0xee,                               // out dx, al
+        0xfe, 0xc3,                         // inc bl
+        0x80, 0xfb, b'z' + 1,               // cmp bl, 'z' + 1
+        0x75, 0xdd,                         // jne loop (-35)
+        0xb3, b'a',                         // mov bl, 'a'
+        0xeb, 0xd9,                         // jmp loop (-39)
+    ];
+    tiny_kernel_code(name, &code)
+}
+
+/// An ELF with a PVH entry note whose 32-bit `code` is loaded and entered at 1 MiB.
+pub fn tiny_kernel_code(name: &str, code: &[u8]) -> PathBuf {
+    const LOAD: u32 = 0x10_0000;
+    // Xen PVH note: name "Xen", type XEN_ELFNOTE_PHYS32_ENTRY (18), desc = entry.
     let mut note = Vec::new();
     note.extend_from_slice(&4u32.to_le_bytes());
     note.extend_from_slice(&4u32.to_le_bytes());
@@ -294,7 +329,7 @@ pub fn tiny_kernel(name: &str, msg: &str, exit: Option<(u16, u8)>) -> PathBuf {
     ph(0, 1, code_off, u64::from(LOAD), code.len() as u64); // PT_LOAD
     ph(1, 4, note_off, 0, note.len() as u64); // PT_NOTE
     f[note_off as usize..note_off as usize + note.len()].copy_from_slice(&note);
-    f.extend_from_slice(&code);
+    f.extend_from_slice(code);
     let p = std::env::temp_dir().join(format!("kestrel-tiny-{name}-{}.elf", std::process::id()));
     std::fs::write(&p, f).unwrap();
     p

@@ -1,0 +1,478 @@
+//! Live migration between two real Kestrel processes, with a tiny hand-written guest
+//! that counts and prints the alphabet (no `make guest`): a migrated guest's console
+//! continues the alphabet where the source's stopped, so a lost vCPU state, a lost RAM
+//! page of its counter region or a guest that restarted shows as a wrong letter.
+//! Transports (unix, exec, file), cancel, a killed destination, corrupted streams,
+//! `-S`, pause-before-switchover, multifd and the disk lock handover are each driven
+//! over QMP as a manager would. The Linux guest over tcp between network namespaces is
+//! in `migration_linux.rs`.
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
+
+mod common;
+use common::{counting_kernel, temp_path, Qmp, Vm};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(60);
+
+struct Side {
+    vm: Vm,
+    q: Qmp,
+}
+
+impl Drop for Side {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kestrel's stderr: {}", self.vm.stderr());
+        }
+    }
+}
+
+fn args<'a>(kernel: &'a Path, qmp: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "-nodefaults",
+        "-nographic",
+        "-serial",
+        "stdio",
+        "-m",
+        "16",
+        "-kernel",
+        kernel.to_str().unwrap(),
+    ];
+    if !qmp.is_empty() {
+        args.extend_from_slice(&["-qmp", qmp]);
+    }
+    args.extend_from_slice(extra);
+    args
+}
+
+fn start(kernel: &Path, name: &str, extra: &[&str]) -> Side {
+    let sock = temp_path(&format!("{name}.qmp"));
+    let _ = std::fs::remove_file(&sock);
+    let qmp = format!("unix:{},server=on,wait=off", sock.display());
+    let vm = Vm::start(&args(kernel, &qmp, extra));
+    let mut q = Qmp::connect(&sock);
+    q.negotiate();
+    Side { vm, q }
+}
+
+fn letters(s: &str) -> String {
+    s.chars().filter(char::is_ascii_lowercase).collect()
+}
+
+fn next_letter(c: char) -> char {
+    if c == 'z' {
+        'a'
+    } else {
+        (c as u8 + 1) as char
+    }
+}
+
+/// Waits until the console has printed `n` more letters than it has now.
+fn wait_letters(vm: &Vm, n: usize) -> String {
+    let start = letters(&vm.console()).len();
+    let t0 = Instant::now();
+    loop {
+        let l = letters(&vm.console());
+        if l.len() >= start + n {
+            return l;
+        }
+        assert!(t0.elapsed() < T, "the guest stopped printing: {l:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The MIGRATION statuses received until a final one (completed, failed, cancelled).
+fn statuses(q: &mut Qmp) -> Vec<String> {
+    let mut out = Vec::new();
+    loop {
+        let e = q.event("MIGRATION");
+        let s = e["data"]["status"].as_str().unwrap().to_string();
+        out.push(s.clone());
+        if matches!(s.as_str(), "completed" | "failed" | "cancelled") {
+            return out;
+        }
+    }
+}
+
+fn status(q: &mut Qmp) -> String {
+    q.ok("query-status", Value::Null)["status"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn events_on(q: &mut Qmp) {
+    q.ok(
+        "migrate-set-capabilities",
+        json!({"capabilities": [{"capability": "events", "state": true}]}),
+    );
+}
+
+/// The guest on `dst` continues the alphabet where `src` stopped.
+fn assert_continues(src: &Side, dst: &Side) {
+    let before = letters(&src.vm.console());
+    let last = before.chars().last().expect("the source printed letters");
+    let after = wait_letters(&dst.vm, 3);
+    assert_eq!(
+        after.chars().next(),
+        Some(next_letter(last)),
+        "source printed {before:?}, destination {after:?}"
+    );
+}
+
+fn sock(name: &str) -> PathBuf {
+    let p = temp_path(name);
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+#[test]
+fn unix_migration_moves_the_running_guest_and_leaves_the_source_in_postmigrate() {
+    let k = counting_kernel("mig-unix");
+    let mut src = start(&k, "mig-unix-src", &[]);
+    let path = sock("mig-unix.sock");
+    let uri = format!("unix:{}", path.display());
+    let mut dst = start(&k, "mig-unix-dst", &["-incoming", &uri]);
+    assert_eq!(status(&mut dst.q), "inmigrate");
+    events_on(&mut src.q);
+    events_on(&mut dst.q);
+    wait_letters(&src.vm, 3);
+
+    src.q.ok("migrate", json!({ "uri": uri }));
+    assert_eq!(statuses(&mut src.q), ["setup", "active", "completed"]);
+    src.q.event("STOP");
+    assert_eq!(statuses(&mut dst.q), ["active", "completed"]);
+    dst.q.event("RESUME");
+    assert_eq!(status(&mut src.q), "postmigrate");
+    assert_eq!(status(&mut dst.q), "running");
+    assert_continues(&src, &dst);
+    assert!(src.q.events.iter().any(|e| e["event"] == "MIGRATION_PASS"));
+
+    let info = src.q.ok("query-migrate", Value::Null);
+    assert_eq!(info["status"], "completed", "{info}");
+    let ram = &info["ram"];
+    assert_eq!(ram["total"], 16 << 20, "{info}");
+    assert_eq!(ram["remaining"], 0, "{info}");
+    assert!(ram["transferred"].as_u64().unwrap() > 64 << 10, "{info}");
+    assert!(
+        ram["duplicate"].as_u64().unwrap() > 0,
+        "zero pages as markers: {info}"
+    );
+    let printed = letters(&src.vm.console()).len() as u64;
+    assert!(
+        ram["normal"].as_u64().unwrap() >= printed * 16,
+        "16 pages counted per letter printed ({printed}): {info} {}",
+        src.vm.stderr()
+    );
+    assert!(ram["dirty-sync-count"].as_u64().unwrap() >= 1, "{info}");
+    assert!(info["downtime"].as_u64().is_some(), "{info}");
+    assert!(info["total-time"].as_u64().is_some(), "{info}");
+
+    // The source cannot run again while it is not the guest's: `cont` is allowed
+    // (no disk here), and a new migration from the destination works.
+    let r = dst.q.cmd("migrate", json!({"uri": "unix:/nonexistent/x"}));
+    assert!(r["return"].is_object(), "{r}");
+    assert_eq!(statuses(&mut dst.q), ["setup", "failed"]);
+    assert_eq!(
+        status(&mut dst.q),
+        "running",
+        "a failed connect leaves it running"
+    );
+    let info = dst.q.ok("query-migrate", Value::Null);
+    assert!(
+        info["error-desc"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/x"),
+        "{info}"
+    );
+    src.q.ok("quit", Value::Null);
+    dst.q.ok("quit", Value::Null);
+    src.vm.wait_exit(T);
+    dst.vm.wait_exit(T);
+}
+
+#[test]
+fn a_snapshot_saved_through_exec_restores_from_file_and_one_saved_to_file_through_exec() {
+    let k = counting_kernel("mig-file");
+    let f = temp_path("mig-snapshot.bin");
+    let _ = std::fs::remove_file(&f);
+    let mut src = start(&k, "mig-file-src", &[]);
+    wait_letters(&src.vm, 2);
+    src.q.ok(
+        "migrate",
+        json!({ "uri": format!("exec:cat > {}", f.display()) }),
+    );
+    wait_for_status(&mut src.q, "completed");
+    let mut dst = start(
+        &k,
+        "mig-file-dst",
+        &["-incoming", &format!("file:{}", f.display())],
+    );
+    wait_for_status(&mut dst.q, "completed");
+    assert_continues(&src, &dst);
+
+    // And the other way: file: out (at an offset), exec: in.
+    let g = temp_path("mig-snapshot2.bin");
+    std::fs::write(&g, b"HEADER").unwrap();
+    dst.q.ok(
+        "migrate",
+        json!({ "uri": format!("file:{},offset=0x1000", g.display()) }),
+    );
+    wait_for_status(&mut dst.q, "completed");
+    let saved = std::fs::read(&g).unwrap();
+    assert_eq!(&saved[..6], b"HEADER", "what is before the offset is kept");
+    assert_eq!(&saved[0x1000..0x1008], b"KESTRMIG");
+    let mut third = start(
+        &k,
+        "mig-file-3",
+        &["-incoming", &format!("exec:tail -c +4097 {}", g.display())],
+    );
+    wait_for_status(&mut third.q, "completed");
+    assert_continues(&dst, &third);
+    for s in [&mut src, &mut dst, &mut third] {
+        s.q.ok("quit", Value::Null);
+        s.vm.wait_exit(T);
+    }
+    let _ = std::fs::remove_file(&f);
+    let _ = std::fs::remove_file(&g);
+}
+
+fn wait_for_status(q: &mut Qmp, want: &str) -> Value {
+    let t0 = Instant::now();
+    loop {
+        let info = q.ok("query-migrate", Value::Null);
+        if info["status"] == want {
+            return info;
+        }
+        assert!(
+            !matches!(
+                info["status"].as_str(),
+                Some("failed" | "cancelled" | "completed")
+            ),
+            "wanted {want}: {info}"
+        );
+        assert!(t0.elapsed() < T, "still {info}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn cancel_and_a_killed_destination_leave_the_source_running_and_migratable() {
+    let k = counting_kernel("mig-cancel");
+    let mut src = start(&k, "mig-cancel-src", &[]);
+    events_on(&mut src.q);
+    // 64 KB/s: the counted MiB alone takes 16 s, so the migration is mid-precopy.
+    src.q
+        .ok("migrate-set-parameters", json!({"max-bandwidth": 65536}));
+    for round in 0..2 {
+        let path = sock(&format!("mig-cancel-{round}.sock"));
+        let uri = format!("unix:{}", path.display());
+        let mut dst = start(&k, &format!("mig-cancel-dst{round}"), &["-incoming", &uri]);
+        src.q.ok("migrate", json!({ "uri": uri }));
+        wait_for_status(&mut src.q, "active");
+        std::thread::sleep(Duration::from_millis(300));
+        if round == 0 {
+            src.q.ok("migrate_cancel", Value::Null);
+            assert_eq!(
+                statuses(&mut src.q),
+                ["setup", "active", "cancelling", "cancelled"]
+            );
+            // The destination lost its source: it exits 1 with one line, as QEMU's.
+            assert_eq!(dst.vm.wait_exit(T).code(), Some(1));
+            assert!(
+                dst.vm.stderr().contains("load of migration failed"),
+                "{}",
+                dst.vm.stderr()
+            );
+        } else {
+            dst.vm.child.kill().unwrap();
+            assert_eq!(statuses(&mut src.q), ["setup", "active", "failed"]);
+            let info = src.q.ok("query-migrate", Value::Null);
+            assert!(info["error-desc"].is_string(), "{info}");
+        }
+        let _ = dst.vm.wait_exit(T);
+        assert_eq!(status(&mut src.q), "running");
+        wait_letters(&src.vm, 2);
+    }
+    // Unlimited again: the next migration completes.
+    src.q
+        .ok("migrate-set-parameters", json!({"max-bandwidth": 0}));
+    let path = sock("mig-cancel-ok.sock");
+    let uri = format!("unix:{}", path.display());
+    let mut dst = start(&k, "mig-cancel-dst-ok", &["-incoming", &uri]);
+    src.q.ok("migrate", json!({ "uri": uri }));
+    wait_for_status(&mut src.q, "completed");
+    wait_for_status(&mut dst.q, "completed");
+    assert_continues(&src, &dst);
+    for s in [&mut src, &mut dst] {
+        s.q.ok("quit", Value::Null);
+        s.vm.wait_exit(T);
+    }
+}
+
+#[test]
+fn a_corrupted_or_truncated_stream_makes_the_destination_exit_1_with_one_clear_line() {
+    let k = counting_kernel("mig-corrupt");
+    let f = temp_path("mig-corrupt.bin");
+    let mut src = start(&k, "mig-corrupt-src", &[]);
+    wait_letters(&src.vm, 1);
+    src.q
+        .ok("migrate", json!({ "uri": format!("file:{}", f.display()) }));
+    wait_for_status(&mut src.q, "completed");
+    src.q.ok("quit", Value::Null);
+    src.vm.wait_exit(T);
+    let good = std::fs::read(&f).unwrap();
+
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "flipped",
+            {
+                let mut b = good.clone();
+                let i = b.len() / 2;
+                b[i] ^= 0x55;
+                b
+            },
+            "corrupted",
+        ),
+        ("truncated", good[..good.len() / 2].to_vec(), "ended inside"),
+        (
+            "not-a-stream",
+            b"QEVM\0\0\0\x03, a stream of another kind".to_vec(),
+            "not a Kestrel migration stream",
+        ),
+        (
+            "other-version",
+            {
+                let mut b = good.clone();
+                b[8] = 99;
+                b
+            },
+            "version 99",
+        ),
+    ];
+    for (name, bytes, want) in cases {
+        let p = temp_path(&format!("mig-{name}.bin"));
+        std::fs::write(&p, bytes).unwrap();
+        let incoming = format!("file:{}", p.display());
+        let mut dst = Vm::start(&args(&k, "", &["-incoming", &incoming]));
+        let code = dst.wait_exit(T);
+        assert_eq!(code.code(), Some(1), "{name}");
+        let err = dst.stderr();
+        let lines: Vec<&str> = err.lines().filter(|l| l.contains("migration")).collect();
+        assert_eq!(lines.len(), 1, "{name}: {err}");
+        assert!(lines[0].contains(want), "{name}: {err}");
+        assert!(
+            letters(&dst.console()).is_empty(),
+            "{name}: the guest never ran"
+        );
+        let _ = std::fs::remove_file(&p);
+    }
+    // Another machine's stream (more RAM) is refused by its configuration.
+    let incoming = format!("file:{}", f.display());
+    let mut dst = Vm::start(&args(&k, "", &["-m", "32", "-incoming", &incoming]));
+    assert_eq!(dst.wait_exit(T).code(), Some(1));
+    assert!(dst.stderr().contains("-m must match"), "{}", dst.stderr());
+    let _ = std::fs::remove_file(&f);
+}
+
+#[test]
+fn dash_s_keeps_the_destination_paused_and_pause_before_switchover_waits_for_continue() {
+    let k = counting_kernel("mig-s");
+    let mut src = start(&k, "mig-s-src", &[]);
+    let path = sock("mig-s.sock");
+    let uri = format!("unix:{}", path.display());
+    let mut dst = start(&k, "mig-s-dst", &["-S", "-incoming", &uri]);
+    events_on(&mut src.q);
+    src.q.ok(
+        "migrate-set-capabilities",
+        json!({"capabilities": [{"capability": "pause-before-switchover", "state": true}]}),
+    );
+    wait_letters(&src.vm, 2);
+    src.q.ok("migrate", json!({ "uri": uri }));
+    assert_eq!(src.q.event("MIGRATION")["data"]["status"], "setup");
+    assert_eq!(src.q.event("MIGRATION")["data"]["status"], "active");
+    assert_eq!(src.q.event("MIGRATION")["data"]["status"], "pre-switchover");
+    assert_eq!(status(&mut src.q), "finish-migrate");
+    let r = src.q.cmd("cont", Value::Null);
+    assert_eq!(r["error"]["desc"], "Migration is not finalized yet", "{r}");
+    let r = src.q.cmd("migrate-continue", json!({"state": "active"}));
+    assert_eq!(
+        r["error"]["desc"], "Migration not in expected state: pre-switchover",
+        "{r}"
+    );
+    src.q
+        .ok("migrate-continue", json!({"state": "pre-switchover"}));
+    assert_eq!(statuses(&mut src.q), ["device", "completed"]);
+
+    wait_for_status(&mut dst.q, "completed");
+    assert_eq!(status(&mut dst.q), "paused");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(letters(&dst.vm.console()).is_empty(), "-S: not running yet");
+    dst.q.ok("cont", Value::Null);
+    assert_continues(&src, &dst);
+
+    // system_reset + cont restarts the source, as QEMU allows after postmigrate.
+    src.q.ok("system_reset", Value::Null);
+    assert_eq!(status(&mut src.q), "prelaunch");
+    src.q.ok("cont", Value::Null);
+    assert_eq!(status(&mut src.q), "running");
+    for s in [&mut src, &mut dst] {
+        s.q.ok("quit", Value::Null);
+        s.vm.wait_exit(T);
+    }
+}
+
+#[test]
+fn multifd_spreads_ram_over_channels_and_the_disk_lock_moves_at_switchover() {
+    let k = counting_kernel("mig-multifd");
+    let img = temp_path("mig-disk.img");
+    std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+    let drive = format!("file={},format=raw,if=none,id=d0", img.display());
+    let disk = [
+        "-drive",
+        &drive,
+        "-device",
+        "virtio-blk-pci,drive=d0,id=disk0",
+    ];
+    let mut src = start(&k, "mig-mfd-src", &disk);
+    let path = sock("mig-mfd.sock");
+    let uri = format!("unix:{}", path.display());
+    let mut args = disk.to_vec();
+    args.extend_from_slice(&["-incoming", "defer"]);
+    let mut dst = start(&k, "mig-mfd-dst", &args);
+    for q in [&mut src.q, &mut dst.q] {
+        q.ok(
+            "migrate-set-capabilities",
+            json!({"capabilities": [{"capability": "multifd", "state": true}]}),
+        );
+        q.ok("migrate-set-parameters", json!({"multifd-channels": 3}));
+    }
+    dst.q.ok("migrate-incoming", json!({ "uri": uri }));
+    let r = dst.q.cmd("migrate-incoming", json!({ "uri": uri }));
+    assert!(
+        r["error"]["desc"].as_str().unwrap().contains("already"),
+        "{r}"
+    );
+    wait_letters(&src.vm, 2);
+    src.q.ok("migrate", json!({ "uri": uri }));
+    let info = wait_for_status(&mut src.q, "completed");
+    assert!(
+        info["ram"]["multifd-bytes"].as_u64().unwrap() > 64 << 10,
+        "{info}"
+    );
+    wait_for_status(&mut dst.q, "completed");
+    assert_continues(&src, &dst);
+
+    // The destination holds the image now: the source cannot take it back.
+    let r = src.q.cmd("cont", Value::Null);
+    assert!(r["error"]["desc"].as_str().unwrap().contains("lock"), "{r}");
+    assert_eq!(status(&mut src.q), "postmigrate");
+    for s in [&mut src, &mut dst] {
+        s.q.ok("quit", Value::Null);
+        s.vm.wait_exit(T);
+    }
+    let _ = std::fs::remove_file(&img);
+}
