@@ -10,7 +10,7 @@
 //!
 //! | bit   | set by (machine)        | cleared by               | the vCPU thread, on the slow path          |
 //! |-------|-------------------------|--------------------------|--------------------------------------------|
-//! | PAUSE | `request_pause`, a fatal exit | `resume`           | KVMCLOCK_CTRL, acks Paused, parks on the condvar until PAUSE clears |
+//! | PAUSE | `request_pause`, a fatal exit | `resume`           | finishes the last I/O exit's instruction (one KVM_RUN with `immediate_exit`), KVMCLOCK_CTRL, acks Paused, parks on the condvar until PAUSE clears |
 //! | EXIT  | `exit` (and drop)       | never                    | acks Exited, leaves the loop               |
 //! | NMI   | `inject_nmi`            | the vCPU thread          | KVM_NMI before the next entry (held while paused) |
 //! | REGS  | `registers`             | the vCPU thread (or the asker on time-out) | dumps the registers into `slow.regs`, notifies |
@@ -321,41 +321,37 @@ fn run_thread(index: u8, mut fd: VcpuFd, ctx: VcpuContext, shared: Arc<Shared>) 
     KVM_RUN.with(|p| p.set(run_ptr));
     let mut reported = false;
     let mut entered = false;
+    // The last exit was port or MMIO I/O, which KVM finishes only at the next KVM_RUN.
+    let mut pending_io = false;
     loop {
         // The fast path: clear immediate_exit, then one load of the request word. In
         // this order a kick that lands after the clear stops the coming KVM_RUN, and a
         // request posted before it is in the word.
         fd.set_kvm_immediate_exit(0);
-        if shared.req.load(Ordering::SeqCst) != 0 && !slow_path(index, &fd, &ctx, &shared) {
-            KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
-            return;
+        let req = shared.req.load(Ordering::SeqCst);
+        if req != 0 {
+            if req & PAUSE != 0 && pending_io {
+                pending_io = false;
+                complete_pending_io(index, &mut fd, &ctx, &shared);
+            }
+            if !slow_path(index, &fd, &ctx, &shared) {
+                KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
+                return;
+            }
         }
         if !entered {
             entered = true;
             trace_first_run(index);
         }
         let outcome = match fd.run() {
-            Ok(exit) => handle_exit(index, exit, &ctx),
+            Ok(exit) => {
+                pending_io = is_io(&exit);
+                handle_exit(index, exit, &ctx)
+            }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Outcome::Continue,
             Err(e) => Outcome::Fatal(format!("vCPU {index}: KVM_RUN failed: {e}")),
         };
-        match outcome {
-            Outcome::Continue => {}
-            Outcome::Event(ev) => {
-                let _ = ctx.events.send(ControlEvent::Vm {
-                    generation: ctx.generation,
-                    event: ev,
-                });
-            }
-            Outcome::Fatal(msg) => {
-                let _ = ctx.events.send(ControlEvent::Vm {
-                    generation: ctx.generation,
-                    event: VmEvent::Fatal(msg),
-                });
-                // Stay off the CPU until the machine decides.
-                shared.req.fetch_or(PAUSE, Ordering::SeqCst);
-            }
-        }
+        deliver(outcome, &ctx, &shared);
         if !reported {
             if let Some(r) = ctx.exit_requests.peek() {
                 reported = true;
@@ -372,6 +368,60 @@ fn run_thread(index: u8, mut fd: VcpuFd, ctx: VcpuContext, shared: Arc<Shared>) 
             reported = false;
         }
     }
+}
+
+fn deliver(outcome: Outcome, ctx: &VcpuContext, shared: &Shared) {
+    match outcome {
+        Outcome::Continue => {}
+        Outcome::Event(ev) => {
+            let _ = ctx.events.send(ControlEvent::Vm {
+                generation: ctx.generation,
+                event: ev,
+            });
+        }
+        Outcome::Fatal(msg) => {
+            let _ = ctx.events.send(ControlEvent::Vm {
+                generation: ctx.generation,
+                event: VmEvent::Fatal(msg),
+            });
+            // Stay off the CPU until the machine decides.
+            shared.req.fetch_or(PAUSE, Ordering::SeqCst);
+        }
+    }
+}
+
+fn is_io(exit: &VcpuExit<'_>) -> bool {
+    matches!(
+        exit,
+        VcpuExit::IoIn(..) | VcpuExit::IoOut(..) | VcpuExit::MmioRead(..) | VcpuExit::MmioWrite(..)
+    )
+}
+
+/// Lets KVM finish the instruction of the last I/O exit without running the guest
+/// further: KVM completes port and MMIO accesses (an IN's value into RAX, a string
+/// instruction's next step, RIP past the instruction) only at the next KVM_RUN, and
+/// until then the vCPU's registers as KVM_GET_* report them are mid-instruction. A
+/// pause whose state may be saved (migration, a snapshot) must not park there: the
+/// destination would resume a half-done instruction. With `immediate_exit` set KVM
+/// completes the access and returns EINTR; a string instruction may exit for its next
+/// element first, which is served like any exit.
+fn complete_pending_io(index: u8, fd: &mut VcpuFd, ctx: &VcpuContext, shared: &Shared) {
+    // A rep string instruction exits once per page of elements at most; bound the loop
+    // anyway so a misbehaving kernel cannot keep the thread from pausing.
+    for _ in 0..4096 {
+        fd.set_kvm_immediate_exit(1);
+        match fd.run() {
+            Ok(exit) => {
+                let more = is_io(&exit);
+                deliver(handle_exit(index, exit, ctx), ctx, shared);
+                if !more {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    fd.set_kvm_immediate_exit(0);
 }
 
 /// Serves the request word under the lock: registers, NMI, pause (parking until
