@@ -25,6 +25,16 @@ pub struct IoBuffers {
     /// Bytes not transferred yet.
     remaining: usize,
     _keep: Option<KeepAlive>,
+    /// Run when the engine is done with the memory (see [`IoBuffers::from_guest`]).
+    on_done: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl Drop for IoBuffers {
+    fn drop(&mut self) {
+        if let Some(f) = self.on_done.take() {
+            f();
+        }
+    }
 }
 
 // SAFETY: the iovecs point into memory that `_keep` keeps alive (or that the creator of a
@@ -62,6 +72,7 @@ impl IoBuffers {
             first: 0,
             remaining,
             _keep: keep,
+            on_done: None,
         })
     }
 
@@ -71,7 +82,10 @@ impl IoBuffers {
     ///
     /// `fills_guest` says the I/O writes these buffers (a read from the disk): the kernel
     /// writes them through the iovecs, behind guest memory's dirty bitmap, so the pages
-    /// are marked dirty here, before the I/O, for migration to send them again.
+    /// are marked dirty for migration to send them again: here, before the I/O, and again
+    /// when the buffers are dropped, after it. A migration pass that read and cleared the
+    /// bitmap while the I/O was in flight would otherwise have sent the old bytes and
+    /// never learn of the new ones.
     pub fn from_guest<B: Bitmap + Send + Sync + 'static>(
         mem: &Arc<GuestMemoryMmap<B>>,
         ranges: &[(GuestAddress, u32)],
@@ -104,7 +118,20 @@ impl IoBuffers {
             }
         }
         let keep: KeepAlive = mem.clone();
-        Self::new(iovecs, Some(keep))
+        let mut b = Self::new(iovecs, Some(keep))?;
+        if fills_guest {
+            let mem = mem.clone();
+            let ranges = ranges.to_vec();
+            b.on_done = Some(Box::new(move || {
+                for (addr, len) in ranges {
+                    for slice in GuestMemoryBackend::get_slices(&*mem, addr, len as usize).flatten()
+                    {
+                        slice.bitmap().mark_dirty(0, slice.len());
+                    }
+                }
+            }));
+        }
+        Ok(b)
     }
 
     /// The whole of an aligned buffer, as one segment.
@@ -119,6 +146,7 @@ impl IoBuffers {
             first: 0,
             remaining,
             _keep: Some(buf),
+            on_done: None,
         }
     }
 
@@ -392,6 +420,19 @@ mod tests {
         assert_eq!(
             std::ops::Deref::deref(region).bitmap().get_and_reset(),
             [0b10_0001_1000]
+        );
+        // A migration pass reads and clears the bitmap while the read is in flight; the
+        // pages are dirty again once the engine is done with them (drops the buffers).
+        let inflight =
+            IoBuffers::from_guest(&mem, &[(GuestAddress(0x5000), 0x1000)], true).unwrap();
+        assert_eq!(
+            std::ops::Deref::deref(region).bitmap().get_and_reset(),
+            [1 << 5]
+        );
+        drop(inflight);
+        assert_eq!(
+            std::ops::Deref::deref(region).bitmap().get_and_reset(),
+            [1 << 5]
         );
     }
 

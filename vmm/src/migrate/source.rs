@@ -242,14 +242,17 @@ impl Source {
             .flat_map(|r| RegionLog::all(r.start_addr().raw_value(), r.len() / PAGE_SIZE).runs())
             .collect();
         let mut conv = Convergence::new(*lock(&self.live.limits));
+        // What the last pass's read found dirty: sent by the next pass, or by the final
+        // one together with what was dirtied after the read.
+        let mut pending: Vec<RegionLog>;
         loop {
             let start = Instant::now();
             let before = self.sent(&main, &extra);
             self.send(&mut main, &mut extra, &runs, false)?;
             let sent = self.sent(&main, &extra) - before;
-            let logs = crate::dirty_log::read(&self.vm_fd, &self.mem)?;
-            runs = logs.iter().flat_map(RegionLog::runs).collect();
-            let dirty: u64 = logs.iter().map(RegionLog::count).sum::<u64>() * PAGE_SIZE;
+            pending = crate::dirty_log::read(&self.vm_fd, &self.mem)?;
+            runs = pending.iter().flat_map(RegionLog::runs).collect();
+            let dirty: u64 = pending.iter().map(RegionLog::count).sum::<u64>() * PAGE_SIZE;
             let elapsed = start.elapsed();
             conv.set_limits(*lock(&self.live.limits));
             let decision = conv.after_pass(
@@ -301,8 +304,8 @@ impl Source {
         };
         let precopy = self.sent(&main, &extra);
         lock(&self.stats).precopy_bytes = precopy;
-        let logs = crate::dirty_log::read(&self.vm_fd, &self.mem)?;
-        let runs: Vec<(u64, u64)> = logs.iter().flat_map(RegionLog::runs).collect();
+        let now = crate::dirty_log::read(&self.vm_fd, &self.mem)?;
+        let runs = final_runs(&pending, now);
         self.send(&mut main, &mut extra, &runs, true)?;
         for w in extra {
             w.end()
@@ -441,6 +444,15 @@ pub fn spread(runs: &[(u64, u64)], channels: usize) -> Vec<Vec<(u64, u64)>> {
     out
 }
 
+/// The final pass's pages: what the last live pass found dirty (not sent yet) and what
+/// was written since, with the guest stopped. Leaving out either loses guest writes.
+fn final_runs(pending: &[RegionLog], mut now: Vec<RegionLog>) -> Vec<(u64, u64)> {
+    for (n, p) in now.iter_mut().zip(pending) {
+        n.merge(&p.words);
+    }
+    now.iter().flat_map(RegionLog::runs).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -461,5 +473,21 @@ mod tests {
         // The same page in a later pass lands on the same channel.
         let again = spread(&[(0x1f_f000, 1)], 2);
         assert_eq!(again[0], vec![(0x1f_f000, 1)]);
+    }
+
+    #[test]
+    fn the_final_pass_sends_what_the_last_live_pass_left_and_what_came_after() {
+        // Region at 1 MiB, 128 pages: the last live pass's read found pages 3 and 70
+        // dirty; with the guest stopped, the final read finds 4 and 100.
+        let base = 1 << 20;
+        let mut pending = RegionLog::from_words(base, 128, vec![0, 0]);
+        pending.merge(&[1 << 3, 1 << 6]);
+        let mut now = RegionLog::from_words(base, 128, vec![0, 0]);
+        now.merge(&[1 << 4, 1 << 36]);
+        let p = |n: u64| base + n * PAGE_SIZE;
+        assert_eq!(
+            final_runs(&[pending], vec![now]),
+            vec![(p(3), 2), (p(70), 1), (p(100), 1)]
+        );
     }
 }
