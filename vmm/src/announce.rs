@@ -4,7 +4,7 @@
 //! `announce-max` (QEMU's `qemu_announce_self_once` and `qemu_announce_timer_step`),
 //! so the network learns where the guest is now. It runs on its own thread and holds each NIC's lock for one frame.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use devices::virtio::net::VirtioNet;
@@ -39,11 +39,14 @@ pub fn schedule(p: &Announce) -> Vec<u64> {
 
 /// Starts announcing the NICs of `pci`.
 pub fn start(pci: &PciDevices, params: Announce) {
-    let nics: Vec<Arc<Mutex<VirtioNet>>> = pci
+    // Weak: a guest reset or quit during the rounds drops the boot's NICs and closes
+    // their taps at once (the next boot opens the same tap, which a lingering reference
+    // would keep busy); the rounds then end.
+    let nics: Vec<Weak<Mutex<VirtioNet>>> = pci
         .attached
         .iter()
         .filter_map(|a| match a {
-            Attached::Net { model, .. } => Some(model.clone()),
+            Attached::Net { model, .. } => Some(Arc::downgrade(model)),
             _ => None,
         })
         .collect();
@@ -57,6 +60,7 @@ pub fn start(pci: &PciDevices, params: Announce) {
             for d in delays {
                 std::thread::sleep(Duration::from_millis(d));
                 for n in &nics {
+                    let Some(n) = n.upgrade() else { return };
                     let r = n.lock().unwrap_or_else(|p| p.into_inner()).announce();
                     if let Err(e) = r {
                         eprintln!("kestrel: announcing the guest's MAC: {e}");
