@@ -53,8 +53,7 @@ test: ## the whole suite: deps, lint, guest, release build, cargo test --release
 	@$(STAGE) lint $(MAKE) --no-print-directory lint
 	@$(STAGE) guest resources/guest/make-guest.sh $(GUEST_DIR)
 	@$(STAGE) build $(CARGO) build --release --bins
-	@$(STAGE) "cargo test" $(CARGO) test --workspace --release -- --include-ignored \
-		--skip a_busy_guest_migrates_over_tcp_between_network_namespaces
+	@$(STAGE) "cargo test" $(CARGO) test --workspace --release -- --include-ignored
 
 bench: deps guest ## benchmarks against QEMU on this machine (see docs/performance.md)
 	$(CARGO) bench -p vmm --bench boot

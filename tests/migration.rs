@@ -9,7 +9,7 @@
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
 
 mod common;
-use common::{counting_kernel, temp_path, Qmp, Vm};
+use common::{counting_kernel, sh, temp_path, Cleanup, Qmp, Vm};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -475,4 +475,173 @@ fn multifd_spreads_ram_over_channels_and_the_disk_lock_moves_at_switchover() {
         s.vm.wait_exit(T);
     }
     let _ = std::fs::remove_file(&img);
+}
+
+/// `fd:` on both sides, as libvirt migrates through its own tunnel: each side gets one
+/// end of a socket pair with `getfd`, the destination from `-incoming defer` and
+/// `migrate-incoming`, and the named descriptor is used up by the migration.
+#[test]
+fn fd_transport_uses_descriptors_passed_with_getfd_on_both_sides() {
+    use std::os::fd::AsRawFd;
+    use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+    let k = counting_kernel("mig-fd");
+    let mut src = start(&k, "mig-fd-src", &[]);
+    let mut dst = start(&k, "mig-fd-dst", &["-incoming", "defer"]);
+    events_on(&mut src.q);
+    wait_letters(&src.vm, 2);
+    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+    for (q, end) in [(&mut src.q, &a), (&mut dst.q, &b)] {
+        let msg = br#"{"execute": "getfd", "arguments": {"fdname": "migfd"}}"#;
+        q.stream.send_with_fd(&msg[..], end.as_raw_fd()).unwrap();
+        assert_eq!(q.reply()["return"], json!({}));
+    }
+    // Kestrel holds its own copies now: ours must not keep the stream open.
+    drop((a, b));
+    dst.q.ok("migrate-incoming", json!({"uri": "fd:migfd"}));
+    src.q.ok("migrate", json!({"uri": "fd:migfd"}));
+    assert_eq!(statuses(&mut src.q), ["setup", "active", "completed"]);
+    wait_for_status(&mut dst.q, "completed");
+    assert_continues(&src, &dst);
+    // The descriptor went to the migration: a second one needs a new getfd.
+    let r = src.q.cmd("closefd", json!({"fdname": "migfd"}));
+    assert_eq!(r["error"]["class"], "GenericError", "{r}");
+    for s in [&mut src, &mut dst] {
+        s.q.ok("quit", Value::Null);
+        s.vm.wait_exit(T);
+    }
+}
+
+/// A snapshot to a file whose disk fills up fails with the host's error, leaves the
+/// source running with its guest untouched, and the next snapshot elsewhere works.
+#[test]
+fn a_snapshot_to_a_full_disk_fails_and_the_source_runs_on() {
+    let dir = temp_path("mig-fullfs");
+    std::fs::create_dir_all(&dir).unwrap();
+    assert!(
+        sh(&format!(
+            "mount -t tmpfs -o size=16k kestrel-mig-test {}",
+            dir.display()
+        )),
+        "mount tmpfs (needs root)"
+    );
+    let _umount = Cleanup(format!("umount {}; rmdir {}", dir.display(), dir.display()));
+    let k = counting_kernel("mig-full");
+    let mut src = start(&k, "mig-full-src", &[]);
+    events_on(&mut src.q);
+    wait_letters(&src.vm, 2);
+    let full = dir.join("snapshot.bin");
+    src.q.ok(
+        "migrate",
+        json!({"uri": format!("file:{}", full.display())}),
+    );
+    assert_eq!(statuses(&mut src.q), ["setup", "active", "failed"]);
+    let info = src.q.ok("query-migrate", Value::Null);
+    assert!(
+        info["error-desc"]
+            .as_str()
+            .unwrap()
+            .contains("No space left on device"),
+        "{info}"
+    );
+    assert_eq!(status(&mut src.q), "running");
+    wait_letters(&src.vm, 2);
+
+    let f = temp_path("mig-full-ok.bin");
+    let _ = std::fs::remove_file(&f);
+    src.q
+        .ok("migrate", json!({"uri": format!("file:{}", f.display())}));
+    assert_eq!(statuses(&mut src.q), ["setup", "active", "completed"]);
+    let mut dst = start(
+        &k,
+        "mig-full-dst",
+        &["-incoming", &format!("file:{}", f.display())],
+    );
+    wait_for_status(&mut dst.q, "completed");
+    assert_continues(&src, &dst);
+    for s in [&mut src, &mut dst] {
+        s.q.ok("quit", Value::Null);
+        s.vm.wait_exit(T);
+    }
+    let _ = std::fs::remove_file(&f);
+}
+
+fn start_in(ns: &str, kernel: &Path, name: &str, extra: &[&str]) -> Side {
+    let sock = temp_path(&format!("{name}.qmp"));
+    let _ = std::fs::remove_file(&sock);
+    let qmp = format!("unix:{},server=on,wait=off", sock.display());
+    let vm = Vm::start_in_netns(ns, &args(kernel, &qmp, extra));
+    let mut q = Qmp::connect(&sock);
+    q.negotiate();
+    Side { vm, q }
+}
+
+/// Two hosts joined by a veth pair; the link goes down mid-precopy. The source's guest
+/// runs on untouched while the migration waits on the dead network, `migrate_cancel`
+/// ends it, and once the link is back a new migration to a new destination completes.
+#[test]
+fn a_cut_network_leaves_the_source_running_and_the_migration_cancellable() {
+    let id = std::process::id();
+    let (a, b) = (format!("kcut-a{id}"), format!("kcut-b{id}"));
+    assert!(
+        sh(&format!("ip netns add {a} && ip netns add {b}")),
+        "ip netns add (needs root)"
+    );
+    let _clean = Cleanup(format!("ip netns del {a}; ip netns del {b}"));
+    let (va, vb) = (format!("kca{id}"), format!("kcb{id}"));
+    assert!(sh(&format!(
+        "ip link add {va} netns {a} type veth peer name {vb} netns {b} && \
+         ip -n {a} addr add 192.168.78.1/24 dev {va} && ip -n {a} link set {va} up && \
+         ip -n {b} addr add 192.168.78.2/24 dev {vb} && ip -n {b} link set {vb} up"
+    )));
+    let k = counting_kernel("mig-cut");
+    let mut src = start_in(&a, &k, "mig-cut-src", &[]);
+    events_on(&mut src.q);
+    let dst = start_in(
+        &b,
+        &k,
+        "mig-cut-dst",
+        &["-incoming", "tcp:192.168.78.2:4446"],
+    );
+    // 8 KB/s: the migration is still sending when the link goes (in precopy, or in
+    // its final pass with the guest stopped if the socket's buffer took precopy whole).
+    src.q
+        .ok("migrate-set-parameters", json!({"max-bandwidth": 8192}));
+    src.q.ok("migrate", json!({"uri": "tcp:192.168.78.2:4446"}));
+    wait_for_status(&mut src.q, "active");
+    assert!(sh(&format!("ip -n {a} link set {va} down")));
+    std::thread::sleep(Duration::from_secs(2));
+    let info = src.q.ok("query-migrate", Value::Null);
+    assert_eq!(info["status"], "active", "stuck on the dead link: {info}");
+    src.q.ok("migrate_cancel", Value::Null);
+    let seen = statuses(&mut src.q);
+    assert_eq!(seen[..2], ["setup", "active"]);
+    assert_eq!(
+        seen[seen.len() - 2..],
+        ["cancelling", "cancelled"],
+        "{seen:?}"
+    );
+    assert_eq!(status(&mut src.q), "running");
+    wait_letters(&src.vm, 2);
+    // The old destination never hears of it (the link is down); a manager kills it.
+    let mut dst = dst;
+    dst.vm.child.kill().unwrap();
+    let _ = dst.vm.wait_exit(T);
+
+    assert!(sh(&format!("ip -n {a} link set {va} up")));
+    let mut dst = start_in(
+        &b,
+        &k,
+        "mig-cut-dst2",
+        &["-incoming", "tcp:192.168.78.2:4447"],
+    );
+    src.q
+        .ok("migrate-set-parameters", json!({"max-bandwidth": 0}));
+    src.q.ok("migrate", json!({"uri": "tcp:192.168.78.2:4447"}));
+    assert_eq!(statuses(&mut src.q), ["setup", "active", "completed"]);
+    wait_for_status(&mut dst.q, "completed");
+    assert_continues(&src, &dst);
+    for s in [&mut src, &mut dst] {
+        s.q.ok("quit", Value::Null);
+        s.vm.wait_exit(T);
+    }
 }

@@ -9,26 +9,9 @@
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
 
 mod common;
-use common::{guest, temp_path, Qmp, Vm, BOOT_TIMEOUT};
+use common::{guest, sh, temp_path, Cleanup, Qmp, Vm, BOOT_TIMEOUT};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-
-fn sh(cmd: &str) -> bool {
-    common::tool("sh")
-        .args(["-c", cmd])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-/// Runs a shell command when dropped (namespaces go even if the test fails).
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        sh(&self.0);
-    }
-}
 
 /// The guest's workload, run from its second disk.
 const WORKLOAD: &str = "\
@@ -112,11 +95,8 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-// Known to fail on this PVM host: the migration completes, but the restored Linux
-// guest does not go on (it was seen to reboot and start its count again), while the
-// tiny guest of tests/migration.rs resumes exactly. `make test` skips it until fixed.
 #[test]
-#[ignore = "boots a guest; known failing, skipped by `make test` (see the comment above)"]
+#[ignore = "boots a guest: run by `make test`"]
 fn a_busy_guest_migrates_over_tcp_between_network_namespaces() {
     let id = std::process::id();
     let (a, b) = (format!("kmig-a{id}"), format!("kmig-b{id}"));

@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
 
 mod common;
-use common::{guest, temp_path, Qmp, Vm, BOOT_TIMEOUT};
+use common::{guest, sh, temp_path, Cleanup, Qmp, Vm, BOOT_TIMEOUT};
 use serde_json::{json, Value};
 use std::path::Path;
 
@@ -144,23 +144,6 @@ fn virtio_blk_reads_writes_flushes_and_reports() {
     );
     std::fs::remove_file(&a).ok();
     std::fs::remove_file(&b).ok();
-}
-
-fn sh(cmd: &str) -> bool {
-    common::tool("sh")
-        .args(["-c", cmd])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-/// Runs a shell command when dropped: cleans up a namespace or mount even if the test fails.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        sh(&self.0);
-    }
 }
 
 /// werror=stop: a write that hits ENOSPC on the host pauses the machine in io-error with

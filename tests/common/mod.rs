@@ -463,3 +463,22 @@ impl Vm {
         Vm { child, out, err }
     }
 }
+
+/// Runs `cmd` with `sh -c`; whether it succeeded.
+pub fn sh(cmd: &str) -> bool {
+    tool("sh")
+        .args(["-c", cmd])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Runs a shell command when dropped (namespaces, mounts and the like go even if the
+/// test fails).
+pub struct Cleanup(pub String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        sh(&self.0);
+    }
+}
