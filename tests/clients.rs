@@ -61,16 +61,6 @@ fn rust_qapi_crate_client() {
     assert_eq!(vm.wait_exit(Duration::from_secs(20)).code(), Some(0));
 }
 
-/// The Python with qemu.qmp that `make deps` installs (resources/setup-test-deps.sh).
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("KESTREL_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-    let cache = std::env::var("XDG_CACHE_HOME").unwrap_or_else(|_| format!("{home}/.cache"));
-    PathBuf::from(format!("{cache}/kestrel/venv/bin/python3"))
-}
-
 fn tests_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests")
 }
@@ -78,7 +68,7 @@ fn tests_dir() -> PathBuf {
 #[test]
 #[ignore = "needs the qemu.qmp venv from `make deps`: run by `make test`"]
 fn python_qemu_qmp_client() {
-    let py = python();
+    let py = common::python();
     assert!(
         py.exists(),
         "{} missing: `make deps` makes this venv with PyPI's qemu.qmp",
@@ -112,7 +102,7 @@ fn python_qemu_qmp_client() {
 #[ignore = "needs the qemu.qmp venv from `make deps`: run by `make test`"]
 fn qmp_shell_scripted() {
     use std::io::Write;
-    let shell = python().with_file_name("qmp-shell");
+    let shell = common::python().with_file_name("qmp-shell");
     assert!(
         shell.exists(),
         "{} missing: `make deps` installs it with PyPI's qemu.qmp",

@@ -645,3 +645,58 @@ fn a_cut_network_leaves_the_source_running_and_the_migration_cancellable() {
         s.vm.wait_exit(T);
     }
 }
+
+/// qemu.qmp's QMPClient, QEMU's own Python tooling, drives a whole migration and checks
+/// both sides' MIGRATION events (tests/python/migration_client.py).
+#[test]
+#[ignore = "needs the qemu.qmp venv from `make deps`: run by `make test`"]
+fn qemu_qmp_drives_a_migration_and_sees_the_spec_event_sequence() {
+    let py = common::python();
+    assert!(
+        py.exists(),
+        "{} missing: `make deps` makes this venv with PyPI's qemu.qmp",
+        py.display()
+    );
+    let k = counting_kernel("mig-py");
+    let (ssock, dsock) = (sock("mig-py-src.qmp"), sock("mig-py-dst.qmp"));
+    let qmp = |p: &Path| format!("unix:{},server=on,wait=off", p.display());
+    let (sq, dq) = (qmp(&ssock), qmp(&dsock));
+    let mut src = Vm::start(&args(&k, &sq, &[]));
+    let mut dst = Vm::start(&args(&k, &dq, &["-incoming", "defer"]));
+    wait_letters(&src, 2);
+    let path = sock("mig-py.sock");
+    let out = std::process::Command::new(&py)
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/python/migration_client.py"))
+        .args([&ssock, &dsock])
+        .arg(format!("unix:{}", path.display()))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}\nsource: {}\ndestination: {}",
+        String::from_utf8_lossy(&out.stderr),
+        src.stderr(),
+        dst.stderr()
+    );
+    for line in [
+        "destination inmigrate",
+        "source events setup active completed",
+        "source postmigrate destination running",
+    ] {
+        assert!(stdout.contains(line), "{line:?} missing from:\n{stdout}");
+    }
+    let before = letters(&src.console());
+    let after = wait_letters(&dst, 3);
+    assert_eq!(
+        after.chars().next(),
+        before.chars().last().map(next_letter),
+        "source {before:?}, destination {after:?}"
+    );
+    for (vm, p) in [(&mut src, &ssock), (&mut dst, &dsock)] {
+        let mut q = Qmp::connect(p);
+        q.negotiate();
+        q.ok("quit", Value::Null);
+        assert_eq!(vm.wait_exit(T).code(), Some(0));
+    }
+}

@@ -482,3 +482,13 @@ impl Drop for Cleanup {
         sh(&self.0);
     }
 }
+
+/// The Python with qemu.qmp that `make deps` installs (resources/setup-test-deps.sh).
+pub fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("KESTREL_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let cache = std::env::var("XDG_CACHE_HOME").unwrap_or_else(|_| format!("{home}/.cache"));
+    PathBuf::from(format!("{cache}/kestrel/venv/bin/python3"))
+}
