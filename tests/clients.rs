@@ -61,22 +61,11 @@ fn rust_qapi_crate_client() {
     assert_eq!(vm.wait_exit(Duration::from_secs(20)).code(), Some(0));
 }
 
-fn tests_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests")
-}
-
 #[test]
 #[ignore = "needs the qemu.qmp venv from `make deps`: run by `make test`"]
 fn python_qemu_qmp_client() {
-    let py = common::python();
-    assert!(
-        py.exists(),
-        "{} missing: `make deps` makes this venv with PyPI's qemu.qmp",
-        py.display()
-    );
     let (mut vm, sock) = start("pyqmp");
-    let out = std::process::Command::new(&py)
-        .arg(tests_dir().join("python/qmp_client.py"))
+    let out = common::python_script("qmp_client.py")
         .arg(&sock)
         .output()
         .unwrap();

@@ -48,13 +48,32 @@ fn args<'a>(kernel: &'a Path, qmp: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
 }
 
 fn start(kernel: &Path, name: &str, extra: &[&str]) -> Side {
+    start_with(kernel, name, extra, Vm::start)
+}
+
+/// Starts kestrel through `spawn` (here, or in a network namespace) with a QMP socket
+/// named after `name`, and negotiates.
+fn start_with(
+    kernel: &Path,
+    name: &str,
+    extra: &[&str],
+    spawn: impl FnOnce(&[&str]) -> Vm,
+) -> Side {
     let sock = temp_path(&format!("{name}.qmp"));
     let _ = std::fs::remove_file(&sock);
     let qmp = format!("unix:{},server=on,wait=off", sock.display());
-    let vm = Vm::start(&args(kernel, &qmp, extra));
+    let vm = spawn(&args(kernel, &qmp, extra));
     let mut q = Qmp::connect(&sock);
     q.negotiate();
     Side { vm, q }
+}
+
+/// `quit` on each side, then waits for each process to end.
+fn quit_all(sides: &mut [&mut Side]) {
+    for s in sides.iter_mut() {
+        s.q.ok("quit", Value::Null);
+        s.vm.wait_exit(T);
+    }
 }
 
 fn letters(s: &str) -> String {
@@ -232,10 +251,7 @@ fn a_snapshot_saved_through_exec_restores_from_file_and_one_saved_to_file_throug
     );
     wait_for_status(&mut third.q, "completed");
     assert_continues(&dst, &third);
-    for s in [&mut src, &mut dst, &mut third] {
-        s.q.ok("quit", Value::Null);
-        s.vm.wait_exit(T);
-    }
+    quit_all(&mut [&mut src, &mut dst, &mut third]);
     let _ = std::fs::remove_file(&f);
     let _ = std::fs::remove_file(&g);
 }
@@ -307,10 +323,7 @@ fn cancel_and_a_killed_destination_leave_the_source_running_and_migratable() {
     wait_for_status(&mut src.q, "completed");
     wait_for_status(&mut dst.q, "completed");
     assert_continues(&src, &dst);
-    for s in [&mut src, &mut dst] {
-        s.q.ok("quit", Value::Null);
-        s.vm.wait_exit(T);
-    }
+    quit_all(&mut [&mut src, &mut dst]);
 }
 
 #[test]
@@ -419,10 +432,7 @@ fn dash_s_keeps_the_destination_paused_and_pause_before_switchover_waits_for_con
     assert_eq!(status(&mut src.q), "prelaunch");
     src.q.ok("cont", Value::Null);
     assert_eq!(status(&mut src.q), "running");
-    for s in [&mut src, &mut dst] {
-        s.q.ok("quit", Value::Null);
-        s.vm.wait_exit(T);
-    }
+    quit_all(&mut [&mut src, &mut dst]);
 }
 
 #[test]
@@ -470,10 +480,7 @@ fn multifd_spreads_ram_over_channels_and_the_disk_lock_moves_at_switchover() {
     let r = src.q.cmd("cont", Value::Null);
     assert!(r["error"]["desc"].as_str().unwrap().contains("lock"), "{r}");
     assert_eq!(status(&mut src.q), "postmigrate");
-    for s in [&mut src, &mut dst] {
-        s.q.ok("quit", Value::Null);
-        s.vm.wait_exit(T);
-    }
+    quit_all(&mut [&mut src, &mut dst]);
     let _ = std::fs::remove_file(&img);
 }
 
@@ -505,10 +512,7 @@ fn fd_transport_uses_descriptors_passed_with_getfd_on_both_sides() {
     // The descriptor went to the migration: a second one needs a new getfd.
     let r = src.q.cmd("closefd", json!({"fdname": "migfd"}));
     assert_eq!(r["error"]["class"], "GenericError", "{r}");
-    for s in [&mut src, &mut dst] {
-        s.q.ok("quit", Value::Null);
-        s.vm.wait_exit(T);
-    }
+    quit_all(&mut [&mut src, &mut dst]);
 }
 
 /// A snapshot to a file whose disk fills up fails with the host's error, leaves the
@@ -516,15 +520,7 @@ fn fd_transport_uses_descriptors_passed_with_getfd_on_both_sides() {
 #[test]
 fn a_snapshot_to_a_full_disk_fails_and_the_source_runs_on() {
     let dir = temp_path("mig-fullfs");
-    std::fs::create_dir_all(&dir).unwrap();
-    assert!(
-        sh(&format!(
-            "mount -t tmpfs -o size=16k kestrel-mig-test {}",
-            dir.display()
-        )),
-        "mount tmpfs (needs root)"
-    );
-    let _umount = Cleanup(format!("umount {}; rmdir {}", dir.display(), dir.display()));
+    let _umount = common::mount_tmpfs(&dir, "16k");
     let k = counting_kernel("mig-full");
     let mut src = start(&k, "mig-full-src", &[]);
     events_on(&mut src.q);
@@ -558,21 +554,12 @@ fn a_snapshot_to_a_full_disk_fails_and_the_source_runs_on() {
     );
     wait_for_status(&mut dst.q, "completed");
     assert_continues(&src, &dst);
-    for s in [&mut src, &mut dst] {
-        s.q.ok("quit", Value::Null);
-        s.vm.wait_exit(T);
-    }
+    quit_all(&mut [&mut src, &mut dst]);
     let _ = std::fs::remove_file(&f);
 }
 
 fn start_in(ns: &str, kernel: &Path, name: &str, extra: &[&str]) -> Side {
-    let sock = temp_path(&format!("{name}.qmp"));
-    let _ = std::fs::remove_file(&sock);
-    let qmp = format!("unix:{},server=on,wait=off", sock.display());
-    let vm = Vm::start_in_netns(ns, &args(kernel, &qmp, extra));
-    let mut q = Qmp::connect(&sock);
-    q.negotiate();
-    Side { vm, q }
+    start_with(kernel, name, extra, |a| Vm::start_in_netns(ns, a))
 }
 
 /// Two hosts joined by a veth pair; the link goes down mid-precopy. The source's guest
@@ -640,10 +627,7 @@ fn a_cut_network_leaves_the_source_running_and_the_migration_cancellable() {
     assert_eq!(statuses(&mut src.q), ["setup", "active", "completed"]);
     wait_for_status(&mut dst.q, "completed");
     assert_continues(&src, &dst);
-    for s in [&mut src, &mut dst] {
-        s.q.ok("quit", Value::Null);
-        s.vm.wait_exit(T);
-    }
+    quit_all(&mut [&mut src, &mut dst]);
 }
 
 /// qemu.qmp's QMPClient, QEMU's own Python tooling, drives a whole migration and checks
@@ -651,12 +635,6 @@ fn a_cut_network_leaves_the_source_running_and_the_migration_cancellable() {
 #[test]
 #[ignore = "needs the qemu.qmp venv from `make deps`: run by `make test`"]
 fn qemu_qmp_drives_a_migration_and_sees_the_spec_event_sequence() {
-    let py = common::python();
-    assert!(
-        py.exists(),
-        "{} missing: `make deps` makes this venv with PyPI's qemu.qmp",
-        py.display()
-    );
     let k = counting_kernel("mig-py");
     let (ssock, dsock) = (sock("mig-py-src.qmp"), sock("mig-py-dst.qmp"));
     let qmp = |p: &Path| format!("unix:{},server=on,wait=off", p.display());
@@ -665,8 +643,7 @@ fn qemu_qmp_drives_a_migration_and_sees_the_spec_event_sequence() {
     let mut dst = Vm::start(&args(&k, &dq, &["-incoming", "defer"]));
     wait_letters(&src, 2);
     let path = sock("mig-py.sock");
-    let out = std::process::Command::new(&py)
-        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/python/migration_client.py"))
+    let out = common::python_script("migration_client.py")
         .args([&ssock, &dsock])
         .arg(format!("unix:{}", path.display()))
         .output()

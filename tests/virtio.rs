@@ -152,15 +152,7 @@ fn virtio_blk_reads_writes_flushes_and_reports() {
 #[ignore = "boots a guest: run by `make test`"]
 fn werror_stop_pauses_and_cont_retries_after_space_is_freed() {
     let dir = temp_path("fullfs");
-    std::fs::create_dir_all(&dir).unwrap();
-    assert!(
-        sh(&format!(
-            "mount -t tmpfs -o size=512k kestrel-test {}",
-            dir.display()
-        )),
-        "mount tmpfs (needs root)"
-    );
-    let _umount = Cleanup(format!("umount {}", dir.display()));
+    let _umount = common::mount_tmpfs(&dir, "512k");
     let img = dir.join("disk.img");
     image(&img, 16 << 20, 0, b"");
     let drive = format!(

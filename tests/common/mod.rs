@@ -492,3 +492,35 @@ pub fn python() -> PathBuf {
     let cache = std::env::var("XDG_CACHE_HOME").unwrap_or_else(|_| format!("{home}/.cache"));
     PathBuf::from(format!("{cache}/kestrel/venv/bin/python3"))
 }
+
+/// `python3 tests/python/SCRIPT` with the qemu.qmp venv; panics with the fix if the venv
+/// is missing.
+pub fn python_script(script: &str) -> Command {
+    let py = python();
+    assert!(
+        py.exists(),
+        "{} missing: `make deps` makes this venv with PyPI's qemu.qmp",
+        py.display()
+    );
+    let mut c = Command::new(py);
+    c.arg(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/python")
+            .join(script),
+    );
+    c
+}
+
+/// Mounts a tmpfs of `size` (mount's syntax: "512k") on `dir`, made if missing (needs
+/// root); unmounted and removed when the returned value drops.
+pub fn mount_tmpfs(dir: &Path, size: &str) -> Cleanup {
+    std::fs::create_dir_all(dir).unwrap();
+    assert!(
+        sh(&format!(
+            "mount -t tmpfs -o size={size} kestrel-test {}",
+            dir.display()
+        )),
+        "mount tmpfs (needs root)"
+    );
+    Cleanup(format!("umount {}; rmdir {}", dir.display(), dir.display()))
+}
